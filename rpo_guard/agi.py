@@ -1,0 +1,173 @@
+"""The process AGI: ``rpo-guard-agi [--config PATH] NUMBER [BRAND [CALLERID]]``.
+
+Asterisk starts it once per call (``AGI(${RPO_GUARD_AGI},${NUMBER},${BRAND})``).
+It reads the environment block through pyst2, decides, records the attempt in
+the audit log, then sets ``RPO_RESULT`` (ALLOW or BLOCK), ``RPO_REASON`` (the
+reason code) and ``RPO_AUDIT_ID`` on the channel and exits 0.
+
+Hangup: Asterisk sends SIGHUP when the caller hangs up (unless
+``AGISIGHUP=no``). Python's default action for SIGHUP kills the process, so
+the handler is installed first thing, before any other import. After a
+hangup the channel is dead, but SET VARIABLE still works there (transcript
+03; 17 lists what a dead channel permits), so the script carries on: it
+records the attempt and still sets the variables for the ``h`` extension.
+
+Failures: any of them (config, database, exception) answers BLOCK/error while
+the AGI stream works; when the stream itself is broken the exit status is
+non-zero, which Asterisk reports as AGISTATUS=FAILURE and the shipped
+dialplan treats as a block.
+"""
+import signal
+
+_hangup = []
+signal.signal(signal.SIGHUP, lambda signum, frame: _hangup.append(signum))
+
+import io  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9_]{1,64}")
+RESULT_VALUES = frozenset({"ALLOW", "BLOCK"})
+
+
+def safe_value(value: str, allowed: frozenset | None = None) -> bool:
+    """Only short [A-Za-z0-9_] words ever reach the AGI stream."""
+    return bool(_SAFE_VALUE.fullmatch(value)) and (allowed is None or value in allowed)
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    config, rest = None, []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config" and i + 1 < len(argv):
+            config = argv[i + 1]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            config = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return config, rest
+
+
+def _make_agi():
+    from asterisk.agi import AGI
+
+    class GuardAGI(AGI):
+        """pyst2's AGI, told not to give up after a hangup.
+
+        pyst2 raises before every command once SIGHUP arrived; SET VARIABLE
+        is allowed on a dead channel, and the ``h`` extension reads what we
+        set, so we keep talking. A broken pipe still ends the session.
+        """
+
+        def test_hangup(self):
+            if self._got_sighup:
+                _hangup.append(signal.SIGHUP)
+
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="\n")
+    stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", errors="strict", write_through=True)
+    return GuardAGI(stdin=stdin, stdout=stdout, stderr=open(os.devnull, "w"))
+
+
+def run(argv: list[str]) -> int:
+    started = time.perf_counter()
+    config_path, args = parse_args(argv)
+    dialed = args[0] if args else ""
+    brand = args[1] if len(args) > 1 else ""
+    callerid_arg = args[2] if len(args) > 2 else None
+
+    from .failure_log import log_failure
+
+    try:
+        agi = _make_agi()
+    except Exception as exc:
+        log_failure(f"AGI environment unreadable: {type(exc).__name__}: {exc}")
+        return 1
+    env = agi.env
+
+    from . import config as config_mod
+    from .decision import error_verdict
+    from .guard import Outcome, check_call
+
+    cfg = None
+    try:
+        cfg = config_mod.load(config_path)
+    except Exception as exc:
+        log_failure(f"configuration: {exc}")
+    log_file = cfg.log_file if cfg else None
+
+    if cfg is None:
+        from datetime import datetime, timezone
+        outcome = Outcome(error_verdict("configuration unusable"), None, datetime.now(timezone.utc))
+    else:
+        store = None
+        try:
+            from .store import Store
+            store = Store(cfg.register_db, cfg.busy_timeout_ms)
+        except Exception as exc:
+            log_failure(f"register database: {type(exc).__name__}: {exc}", log_file)
+        outcome = check_call(cfg, store, dialed, brand)
+        if store is not None:
+            store.close()
+    verdict = outcome.verdict
+    if verdict.reason == "error":
+        log_failure(f"call {env.get('agi_uniqueid', '?')} to {dialed!r} blocked on error: {verdict.detail}", log_file)
+
+    row = {
+        "at": outcome.at.isoformat(timespec="milliseconds"),
+        "uniqueid": env.get("agi_uniqueid"), "channel": env.get("agi_channel"),
+        "callerid": callerid_arg if callerid_arg is not None else env.get("agi_callerid"),
+        "accountcode": env.get("agi_accountcode"), "brand": brand.strip(), "dialed": dialed,
+        "e164": outcome.e164, "decision": verdict.decision, "reason": verdict.reason,
+        "basis": verdict.basis, "detail": verdict.detail,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3), "via": "agi",
+    }
+    result, reason, audit_id = verdict.decision, verdict.reason, ""
+    try:
+        if cfg is None:
+            raise RuntimeError("no configuration, no audit log")
+        from .audit_log import AuditLog
+        log = AuditLog(cfg.audit_db, file_mode=cfg.file_mode)
+        try:
+            audit_id = str(log.append(row))
+        finally:
+            log.close()
+    except Exception as exc:
+        # An attempt that cannot be recorded is refused; the failure log keeps it.
+        result, reason = "BLOCK", "error"
+        log_failure(f"audit log unwritable ({type(exc).__name__}: {exc}); attempt: {row!r}", log_file)
+
+    if not (safe_value(result, RESULT_VALUES) and safe_value(reason)):
+        result, reason = "BLOCK", "error"
+    try:
+        agi.set_variable("RPO_RESULT", result)
+        agi.set_variable("RPO_REASON", reason)
+        if safe_value(audit_id):
+            agi.set_variable("RPO_AUDIT_ID", audit_id)
+    except Exception as exc:
+        if _hangup:
+            return 0  # the caller is gone: nothing will dial
+        log_failure(f"AGI stream broken while answering {result}/{reason}: {type(exc).__name__}: {exc}", log_file)
+        return 1
+    return 0
+
+
+def main() -> None:
+    try:
+        code = run(sys.argv[1:])
+    except BaseException as exc:  # never a traceback to Asterisk
+        try:
+            from .failure_log import log_failure
+            log_failure(f"AGI crashed: {type(exc).__name__}: {exc}")
+        finally:
+            code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

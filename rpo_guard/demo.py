@@ -1,0 +1,77 @@
+"""``rpo-guard demo``: a small campaign on the embedded sample data.
+
+The sample files are real files in the import formats, written as if the
+register had been consulted on 2026-11-01. A consultation is valid only 15
+days, so the demo moves every date in them by the same number of days, to
+make that consultation two days old today, then imports them into a fresh
+data folder and runs each call of ``campaign.csv`` through the real AGI,
+driven by the Asterisk peer exactly as a dialplan would.
+"""
+from __future__ import annotations
+
+import csv
+import re
+import tempfile
+from datetime import date, timedelta
+from importlib import resources
+from pathlib import Path
+
+import click
+
+ANCHOR = date(2026, 11, 1)  # the consultation date the sample files were written for
+_DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
+
+
+def _shifted(text: str, delta: timedelta) -> str:
+    return _DATE.sub(lambda m: (date.fromisoformat(m.group(1)) + delta).isoformat(), text)
+
+
+def run_demo(data_dir: Path | None = None) -> None:
+    from . import config as config_mod
+    from .cli import default_agi_path
+    from .harness import Channel, run_process_agi
+    from .sync import dnc_add, import_consents, import_consultation
+
+    work = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="rpo-guard-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    conf = work / "rpo-guard.conf"
+    conf.write_text(f"[paths]\ndata_dir = {work / 'data'}\nlog_file = {work / 'failures.log'}\n")
+    cfg = config_mod.load(str(conf))
+    from zoneinfo import ZoneInfo
+    from datetime import datetime
+    consulted = datetime.now(ZoneInfo(cfg.timezone)).date() - timedelta(days=2)
+    delta = consulted - ANCHOR
+
+    sample = resources.files("rpo_guard") / "sample_data"
+    for name in ("consultation.csv", "consents.csv", "dnc.csv", "campaign.csv"):
+        (work / name).write_text(_shifted((sample / name).read_text(encoding="utf-8"), delta), encoding="utf-8")
+
+    click.echo(f"demo data folder: {work}  (sample dates moved by {delta.days} days: "
+               f"the register was consulted on {consulted})")
+    click.echo(import_consultation(cfg, work / "consultation.csv", consulted, who="demo").message)
+    click.echo(import_consents(cfg, work / "consents.csv", who="demo").message)
+    with open(work / "dnc.csv", newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            click.echo(dnc_add(cfg, row["number"], row["brand"], row["reason"], who="demo"))
+
+    agi = default_agi_path()
+    env = {config_mod.ENV_VAR: str(conf)}
+    click.echo(f"\nsimulated calls through {agi} (the Asterisk 22.10.1 AGI peer of rpo_guard.harness):\n")
+    header = f"{'dialed':<20} {'brand':<12} {'RPO_RESULT':<10} {'RPO_REASON':<21} {'AGISTATUS':<9} dialplan"
+    click.echo(header)
+    click.echo("-" * len(header))
+    first = None
+    with open(work / "campaign.csv", newline="", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            channel = Channel(extension=re.sub(r"\D", "", row["dialed"]) or "s", callerid=row["caller_id"],
+                              uniqueid=f"1795339{100 + i}.{i * 2 + 1}")
+            s = run_process_agi(agi, [row["dialed"], row["brand"]], channel, env=env)
+            first = first or s
+            click.echo(f"{row['dialed']:<20} {row['brand']:<12} {s.result or '-':<10} {s.reason or '-':<21} "
+                       f"{s.agistatus:<9} {'Dial' if s.dialplan_allows else 'Hangup(21)':<10}  # {row['what it shows']}")
+    click.echo("\nthe first session, as Asterisk logs it with `agi set debug on`:")
+    for line in first.transcript:
+        click.echo("  " + line)
+    click.echo(f"\nevery attempt is in the audit log: {cfg.audit_db}")
+    click.echo(f"try: rpo-guard --config {conf} check 0612345678 --brand 'Energia Uno' --at "
+               f"{(consulted + timedelta(days=20)).isoformat()}T10:00   # what-if: the consultation expired")

@@ -1,0 +1,56 @@
+"""One call checked end to end: normalize, gather facts, decide.
+
+Shared by the process AGI, the FastAGI server and ``rpo-guard check``, so all
+three give the same answer for the same data. Nothing here raises: every
+failure becomes ``BLOCK``/``error`` with the cause in ``detail``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from .decision import CallFacts, Verdict, decide, error_verdict
+from .numbers import InvalidNumber, candidate_e164, normalize
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    e164: str | None
+    at: datetime          # when the check ran, in the rules' timezone
+
+
+def resolve_number(store, raw: str, cfg) -> str | None:
+    """E.164 of the dialed string, or None when it is not a valid number.
+
+    A number the store holds was validated by phonenumbers when it came in,
+    so for the unambiguous forms the store answers and phonenumbers (10 ms to
+    import) stays off the call path. Everything else goes through phonenumbers.
+    """
+    if cfg.default_region == "IT":
+        e164 = candidate_e164(raw, cfg.strip_prefixes)
+        if e164 is not None and store.knows(e164):
+            return e164
+    try:
+        return normalize(raw, cfg.strip_prefixes, cfg.default_region)
+    except InvalidNumber:
+        return None
+
+
+def check_call(cfg, store, raw: str, brand: str = "", at: datetime | None = None) -> Outcome:
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(cfg.timezone)
+    at = at.astimezone(tz) if at is not None else datetime.now(tz)
+    brand = (brand or "").strip()
+    e164 = None
+    try:
+        if store is None:
+            raise RuntimeError("register database unavailable")
+        e164 = resolve_number(store, raw, cfg)
+        facts = (store.facts(e164, brand, at.date()) if e164 is not None
+                 else CallFacts(today=at.date(), e164=None, brand=brand))
+        verdict = decide(facts, cfg.policy)
+    except Exception as exc:  # fail closed, whatever went wrong
+        verdict = error_verdict(f"{type(exc).__name__}: {exc}")
+    return Outcome(verdict, e164, at)

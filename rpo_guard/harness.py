@@ -1,0 +1,415 @@
+"""An AGI peer that behaves as Asterisk 22.10.1 does, for simulate-call and tests.
+
+Asterisk cannot be installed here, so this module plays its part of the AGI
+protocol exactly as the recorded sessions in ``shared/asterisk-transcripts``
+show it, byte for byte:
+
+* the environment block: the same keys in the same order, ``key: value\\n``
+  lines (``agi_accountcode: `` keeps its trailing space), ``agi_arg_N`` for
+  each argument, then one empty line; FastAGI adds ``agi_network: yes`` and
+  ``agi_network_script`` first and an ``agi://`` request;
+* the responses: ``200 result=N [(data)]``, ``510 Invalid or unknown
+  command``, ``511 Command Not Permitted on a dead channel or intercept
+  routine`` for the commands a dead channel refuses (transcript 17), and the
+  multi-line ``520-`` usage block;
+* the command parser (quotes and backslash escapes as res_agi parses them),
+  command words matched case-insensitively;
+* hangup: the channel dies, a process AGI gets SIGHUP (unless
+  ``AGISIGHUP=no``) and may go on with dead-channel commands; a FastAGI
+  session gets an inline ``HANGUP`` line; when the script is done the
+  FastAGI peer sends ``HANGUP`` and closes;
+* AGISTATUS: SUCCESS on exit 0, FAILURE on a non-zero exit or a script that
+  cannot run, NOTFOUND for a missing script, HANGUP once the channel is dead.
+
+Commands that a real Asterisk would act on but that this peer does not model
+(media, DTMF) answer ``200 result=0``; rpo_guard uses none of them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+VERSION = "22.10.1"
+
+R_510 = "510 Invalid or unknown command\n"
+R_511 = "511 Command Not Permitted on a dead channel or intercept routine\n"
+R_520_HEAD = "520-Invalid command syntax.  Proper usage follows:\n"
+R_520_TAIL = "520 End of proper usage.\n"
+
+# (words, allowed on a dead channel, usage text) — `agi show commands` of 22.10.1 (transcript 17)
+_COMMANDS = [
+    ("answer", False, "Answer channel"),
+    ("asyncagi break", True, "Interrupts Async AGI"),
+    ("channel status", False, "Returns status of the connected channel."),
+    ("database del", True, "Removes database key/value"),
+    ("database deltree", True, "Removes database keytree/value"),
+    ("database get", True, "Gets database value"),
+    ("database put", True, "Adds/updates database value"),
+    ("exec", True, "Executes a given Application"),
+    ("get data", False, "Prompts for DTMF on a channel"),
+    ("get full variable", True, "Evaluates a channel expression"),
+    ("get option", False, "Stream file, prompt for DTMF, with timeout."),
+    ("get variable", True,
+     "Returns <literal>0</literal> if <replaceable>variablename</replaceable> is not set. Returns "
+     "<literal>1</literal> if <replaceable>variablename</replaceable> is set and returns the variable "
+     "in parentheses.\nExample return code: 200 result=1 (testvariable)"),
+    ("hangup", False, "Hangup a channel."),
+    ("noop", True, "Does nothing."),
+    ("receive char", False, "Receives one character from channels supporting it."),
+    ("receive text", False, "Receives text from channels supporting it."),
+    ("record file", False, "Records to a given file."),
+    ("say alpha", False, "Says a given character string."),
+    ("say digits", False, "Says a given digit string."),
+    ("say number", False, "Says a given number."),
+    ("say phonetic", False, "Says a given character string with phonetics."),
+    ("say date", False, "Says a given date."),
+    ("say time", False, "Says a given time."),
+    ("say datetime", False, "Says a given time as specified by the format given."),
+    ("send image", False, "Sends images to channels supporting it."),
+    ("send text", False, "Sends text to channels supporting it."),
+    ("set autohangup", False, "Autohangup channel in some time."),
+    ("set callerid", False, "Sets callerid for the current channel."),
+    ("set context", False, "Sets channel context."),
+    ("set extension", False, "Changes channel extension."),
+    ("set music", False, "Enable/Disable Music on hold generator"),
+    ("set priority", False, "Set channel dialplan priority."),
+    ("set variable", True, "Sets a variable to the current channel."),
+    ("stream file", False, "Sends audio file on channel."),
+    ("control stream file", False, "Sends audio file on channel and allows the listener to control the stream."),
+    ("tdd mode", False, "Toggles TDD mode (for the deaf)."),
+    ("verbose", True,
+     "Sends <replaceable>message</replaceable> to the console via verbose message system. "
+     "<replaceable>level</replaceable> is the verbose level (1-4). Always returns <literal>1</literal>"),
+    ("wait for digit", False, "Waits for a digit to be pressed."),
+    ("speech create", False, "Creates a speech object."),
+    ("speech set", False, "Sets a speech engine setting."),
+    ("speech destroy", True, "Destroys a speech object."),
+    ("speech load grammar", False, "Loads a grammar."),
+    ("speech unload grammar", True, "Unloads a grammar."),
+    ("speech activate grammar", False, "Activates a grammar."),
+    ("speech deactivate grammar", False, "Deactivates a grammar."),
+    ("speech recognize", False, "Recognizes speech."),
+    ("gosub", False, "Cause the channel to execute the specified dialplan subroutine."),
+]
+COMMANDS = {tuple(words.split()): (dead_ok, usage) for words, dead_ok, usage in _COMMANDS}
+MAX_WORDS = max(len(k) for k in COMMANDS)
+
+AST_ENVIRONMENT = {  # what a process AGI inherits from Asterisk (transcript 14)
+    "AST_AGI_DIR": "/usr/var/lib/asterisk/agi-bin", "AST_CONFIG_DIR": "/etc/asterisk",
+    "AST_CONFIG_FILE": "/etc/asterisk/asterisk.conf", "AST_DATA_DIR": "/usr/var/lib/asterisk",
+    "AST_LOG_DIR": "/var/log/asterisk", "AST_MODULE_DIR": "/usr/lib/asterisk/modules",
+    "AST_SYSTEMNAME": "", "AST_VERSION": VERSION,
+}
+
+
+def parse_args(line: str) -> list[str]:
+    """Split a command line as res_agi's parse_args does.
+
+    Whitespace separates words; double quotes group (and a quoted empty
+    string is a word); a backslash makes the next character literal.
+    """
+    argv, cur, quoted, escaped, started = [], [], False, False, False
+    for ch in line:
+        if escaped:
+            cur.append(ch)
+            escaped, started = False, True
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted, started = not quoted, True
+        elif ch in " \t" and not quoted:
+            if started:
+                argv.append("".join(cur))
+                cur, started = [], False
+        else:
+            cur.append(ch)
+            started = True
+    if started:
+        argv.append("".join(cur))
+    return argv
+
+
+@dataclass
+class Channel:
+    """The channel an AGI runs on, with the values the environment block shows."""
+    extension: str = "3912345678"
+    context: str = "outbound"
+    priority: int = 3
+    uniqueid: str = "1795339068.25"
+    name: str = ""
+    callerid: str = "unknown"
+    calleridname: str = "unknown"
+    callingpres: int = 67
+    accountcode: str = ""
+    language: str = "en"
+    type: str = "Local"
+    threadid: str = "140500322555584"
+    variables: dict = field(default_factory=dict)
+    alive: bool = True
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = f"Local/{self.extension}@{self.context}-0000000c;2"
+        if self.callerid != "unknown":
+            self.callingpres = 0  # as in transcript 02: a set caller ID is presentable
+
+    def env_block(self, request: str, args: list[str], network_script: str | None = None) -> list[tuple[str, str]]:
+        env = []
+        if network_script is not None:
+            env += [("agi_network", "yes"), ("agi_network_script", network_script)]
+        env += [
+            ("agi_request", request), ("agi_channel", self.name), ("agi_language", self.language),
+            ("agi_type", self.type), ("agi_uniqueid", self.uniqueid), ("agi_version", VERSION),
+            ("agi_callerid", self.callerid), ("agi_calleridname", self.calleridname),
+            ("agi_callingpres", str(self.callingpres)), ("agi_callingani2", "0"),
+            ("agi_callington", "0"), ("agi_callingtns", "0"), ("agi_dnid", "unknown"),
+            ("agi_rdnis", "unknown"), ("agi_context", self.context), ("agi_extension", self.extension),
+            ("agi_priority", str(self.priority)), ("agi_enhanced", "0.0"),
+            ("agi_accountcode", self.accountcode), ("agi_threadid", self.threadid),
+        ]
+        env += [(f"agi_arg_{i}", a) for i, a in enumerate(args, 1)]
+        return env
+
+
+def encode_env(env: list[tuple[str, str]]) -> bytes:
+    return "".join(f"{k}: {v}\n" for k, v in env).encode() + b"\n"
+
+
+class CommandEngine:
+    """Answers AGI commands for one channel as res_agi does."""
+
+    def __init__(self, channel: Channel, astdb: dict | None = None, on_hangup=None):
+        self.channel = channel
+        self.astdb = astdb if astdb is not None else {}
+        self.on_hangup = on_hangup  # called when the script itself sends HANGUP
+
+    def _expand(self, expr: str) -> str:
+        ch = self.channel
+
+        def one(m):
+            name = m.group(1)
+            if name == "CALLERID(num)":
+                return ch.callerid
+            if name == "EXTEN":
+                return ch.extension
+            if name == "CONTEXT":
+                return ch.context
+            if name == "UNIQUEID":
+                return ch.uniqueid
+            return ch.variables.get(name, "")
+        return re.sub(r"\$\{([^}]*)\}", one, expr)
+
+    def handle(self, line: str) -> str:
+        argv = parse_args(line)
+        words = tuple(w.lower() for w in argv)
+        for n in range(min(MAX_WORDS, len(words)), 0, -1):
+            if words[:n] in COMMANDS:
+                key = words[:n]
+                break
+        else:
+            return R_510
+        dead_ok, usage = COMMANDS[key]
+        if not self.channel.alive and not dead_ok:
+            return R_511
+        result = self._run(" ".join(key), argv)
+        if result is None:
+            return R_520_HEAD + usage + "\n" + R_520_TAIL
+        return result
+
+    def _run(self, cmd: str, argv: list[str]) -> str | None:
+        ch, argc = self.channel, len(argv)
+        if cmd == "verbose":
+            return "200 result=1\n" if argc >= 2 else None
+        if cmd == "set variable":
+            if argc != 4:
+                return None
+            ch.variables[argv[2]] = argv[3]
+            return "200 result=1\n"
+        if cmd == "get variable":
+            if argc != 3:
+                return None
+            if argv[2] in ch.variables:
+                return f"200 result=1 ({ch.variables[argv[2]]})\n"
+            return "200 result=0\n"
+        if cmd == "get full variable":
+            if argc not in (4, 5):
+                return None
+            return f"200 result=1 ({self._expand(argv[3])})\n"
+        if cmd == "channel status":
+            return "200 result=4\n"
+        if cmd == "noop":
+            return "200 result=0\n"
+        if cmd == "hangup":
+            ch.alive = False
+            if self.on_hangup:
+                self.on_hangup()
+            return "200 result=1\n"
+        if cmd == "database put":
+            if argc != 5:
+                return None
+            self.astdb[(argv[2], argv[3])] = argv[4]
+            return "200 result=1\n"
+        if cmd == "database get":
+            if argc != 4:
+                return None
+            value = self.astdb.get((argv[2], argv[3]))
+            return "200 result=0\n" if value is None else f"200 result=1 ({value})\n"
+        if cmd == "database del":
+            if argc != 4:
+                return None
+            return "200 result=1\n" if self.astdb.pop((argv[2], argv[3]), None) is not None else "200 result=0\n"
+        if cmd == "answer":
+            return "200 result=0\n"
+        return "200 result=0\n"
+
+
+@dataclass
+class Session:
+    """What happened: the transcript lines, the channel and the AGISTATUS."""
+    agistatus: str
+    channel: Channel
+    transcript: list[str]
+    exit_code: int | None = None
+    stderr: bytes = b""
+    sighup_sent: bool = False
+    elapsed: float = 0.0
+
+    @property
+    def result(self) -> str:
+        return self.channel.variables.get("RPO_RESULT", "")
+
+    @property
+    def reason(self) -> str:
+        return self.channel.variables.get("RPO_REASON", "")
+
+    @property
+    def dialplan_allows(self) -> bool:
+        """What the shipped subroutine (dialplan/rpo-guard.conf) concludes."""
+        return self.agistatus == "SUCCESS" and self.result == "ALLOW"
+
+
+def run_process_agi(script: str, args: list[str], channel: Channel | None = None, *,
+                    env: dict | None = None, hangup_after: float | None = None,
+                    hangup_before_command: int | None = None, agisighup: bool = True,
+                    timeout: float = 30.0, env_block_override: bytes | None = None) -> Session:
+    """Run a process AGI as Asterisk does and play Asterisk's side.
+
+    ``script`` is the path the dialplan names (argv[0] is that path, the cwd
+    is ``/``, the environment is Asterisk's plus AST_* variables). The caller
+    can hang up after ``hangup_after`` seconds, or just before the script's
+    Nth command (1-based) is answered.
+    """
+    channel = channel or Channel()
+    tx: list[str] = []
+    prefix = f"<{channel.name}>AGI "
+    if "AGISIGHUP" in channel.variables:
+        agisighup = channel.variables["AGISIGHUP"].lower() not in ("no", "false", "0")
+
+    if not os.path.exists(script):
+        tx.append(f"WARNING res_agi.c: Failed to execute '{script}': File does not exist.")
+        return Session("NOTFOUND", channel, tx)
+    if not os.access(script, os.X_OK):
+        tx.append(f"res_agi.c: Failed to execute '{script}': Permission denied")
+        return Session("FAILURE", channel, tx)
+
+    child_env = dict(os.environ)
+    child_env.update(AST_ENVIRONMENT)
+    child_env.update(env or {})
+    started = time.monotonic()
+    proc = subprocess.Popen([script, *args], executable=script, cwd="/", env=child_env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    stderr_chunks: list[bytes] = []
+    t_err = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
+    t_err.start()
+    state = {"sighup": False}
+
+    def hang_up():
+        if channel.alive:
+            channel.alive = False
+        if agisighup and not state["sighup"] and proc.poll() is None:
+            state["sighup"] = True
+            try:
+                proc.send_signal(signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+    engine = CommandEngine(channel, on_hangup=hang_up)
+    request = script
+    block = env_block_override if env_block_override is not None else encode_env(
+        channel.env_block(request, args))
+    for line in block.decode("utf-8", "replace").split("\n")[:-1]:
+        tx.append(prefix + "Tx >> " + line)
+    try:
+        proc.stdin.write(block)
+        proc.stdin.flush()
+    except BrokenPipeError:
+        pass
+
+    timer = None
+    if hangup_after is not None:
+        timer = threading.Timer(hangup_after, hang_up)
+        timer.start()
+    buf = b""
+    commands = 0
+    timed_out = False
+    deadline = started + timeout
+    fd = proc.stdout.fileno()
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([fd], [], [], min(remaining, 0.05))
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                raw, buf = buf.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                commands += 1
+                if hangup_before_command is not None and commands == hangup_before_command:
+                    hang_up()
+                tx.append(prefix + "Rx << " + line)
+                response = engine.handle(line)
+                for out in response.rstrip("\n").split("\n"):
+                    tx.append(prefix + "Tx >> " + out)
+                try:
+                    proc.stdin.write(response.encode())
+                    proc.stdin.flush()
+                except BrokenPipeError:
+                    pass
+    finally:
+        if timer:
+            timer.cancel()
+    if timed_out:
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    code = proc.wait()
+    t_err.join(5)
+    elapsed = time.monotonic() - started
+    if timed_out:
+        status = "TIMEOUT"  # Asterisk would still be waiting; tests treat it as a failure
+    elif not channel.alive:
+        status = "HANGUP"
+    elif code == 0:
+        status = "SUCCESS"
+    else:
+        status = "FAILURE"
+    returning = 4 if status == "HANGUP" else 0
+    tx.append(f"{prefix}Script {script} completed, returning {returning}")
+    return Session(status, channel, tx, exit_code=code, stderr=b"".join(stderr_chunks),
+                   sighup_sent=state["sighup"], elapsed=elapsed)

@@ -1,0 +1,86 @@
+"""Per-call reader of the register database, on the stdlib driver.
+
+Opened read-only (``mode=ro``): a lookup can never change the data. The
+database is in WAL mode, so imports never block a lookup and a lookup never
+sees half an import. Any trouble (missing file, unreadable, corrupt, wrong
+schema, lock held past the timeout) raises :class:`StoreError` or
+``sqlite3.Error``; the caller turns either into ``BLOCK``/``error``.
+"""
+from __future__ import annotations
+
+import sqlite3
+from datetime import date
+from pathlib import Path
+from urllib.parse import quote
+
+from .decision import CallFacts, ConsentEvent, Consultation, DncEntry
+from .schema import SCHEMA_VERSION
+
+
+class StoreError(Exception):
+    pass
+
+
+_CONSULTATIONS = """
+SELECT b.id, b.consulted_on, c.registered, b.brand, c.registration_date
+FROM consultations c JOIN batches b ON b.id = c.batch_id
+WHERE c.number = ? AND b.brand IN ('', ?)
+"""
+_CONSENTS = """
+SELECT id, kind, given_on, brand, ends_on, evidence FROM consents
+WHERE number = ? AND (brand = ? OR (brand = '' AND kind = 'optout'))
+"""
+_DNC = "SELECT id, brand, reason FROM dnc WHERE number = ? AND brand IN ('', ?) AND removed_at IS NULL"
+
+
+def _day(text: str | None) -> date | None:
+    return date.fromisoformat(text) if text else None
+
+
+class Store:
+    def __init__(self, path: Path, busy_timeout_ms: int = 200):
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"{path}: register database not found")
+        self.path = path
+        self.conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True,
+                                    timeout=busy_timeout_ms / 1000, check_same_thread=False,
+                                    isolation_level=None)
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            self.conn.close()
+            raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION} "
+                             "(run `rpo-guard migrate`)")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def facts(self, e164: str, brand: str, today: date) -> CallFacts:
+        """Every record about the number that the decision may use.
+
+        Read in one transaction, so the three tables agree with each other.
+        """
+        c = self.conn
+        c.execute("BEGIN")
+        try:
+            consultations = tuple(
+                Consultation(batch_id=r[0], consulted_on=date.fromisoformat(r[1]), registered=bool(r[2]),
+                             brand=r[3], registration_date=_day(r[4]))
+                for r in c.execute(_CONSULTATIONS, (e164, brand)))
+            consents = tuple(
+                ConsentEvent(id=r[0], kind=r[1], given_at=date.fromisoformat(r[2]), brand=r[3],
+                             ends_at=_day(r[4]), evidence=r[5] or "")
+                for r in c.execute(_CONSENTS, (e164, brand)))
+            dnc = tuple(DncEntry(id=r[0], brand=r[1], reason=r[2] or "") for r in c.execute(_DNC, (e164, brand)))
+        finally:
+            c.execute("COMMIT")
+        return CallFacts(today=today, e164=e164, brand=brand, consultations=consultations,
+                         consents=consents, dnc=dnc)
+
+    def knows(self, e164: str) -> bool:
+        """True when any table holds the number: it was validated on the way in."""
+        c = self.conn
+        return c.execute(
+            "SELECT EXISTS(SELECT 1 FROM consultations WHERE number = ?)"
+            " OR EXISTS(SELECT 1 FROM consents WHERE number = ?)"
+            " OR EXISTS(SELECT 1 FROM dnc WHERE number = ?)", (e164, e164, e164)).fetchone()[0] == 1

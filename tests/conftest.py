@@ -1,0 +1,101 @@
+"""Shared fixtures: a real configuration, real SQLite files, the real AGI."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from rpo_guard import config as config_mod
+
+ROME = ZoneInfo("Europe/Rome")
+TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "asterisk-transcripts"
+
+
+def today_rome() -> date:
+    return datetime.now(ROME).date()
+
+
+def agi_path() -> str:
+    here = Path(sys.executable).parent / "rpo-guard-agi"
+    found = str(here) if here.exists() else shutil.which("rpo-guard-agi")
+    if not found:
+        pytest.fail("rpo-guard-agi is not installed (run ./dev test, which installs the project)")
+    return found
+
+
+class Env:
+    """A data folder with its config file; helpers to load data through the real importers."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.conf = root / "rpo-guard.conf"
+        self.data = root / "data"
+        self.failures = root / "failures.log"
+        self.write_config()
+
+    def write_config(self, extra: str = "") -> None:
+        self.conf.write_text(f"[paths]\ndata_dir = {self.data}\nlog_file = {self.failures}\n{extra}")
+        self._cfg = None
+
+    @property
+    def cfg(self):
+        if self._cfg is None:
+            self._cfg = config_mod.load(str(self.conf))
+        return self._cfg
+
+    @property
+    def agi_env(self) -> dict:
+        return {config_mod.ENV_VAR: str(self.conf)}
+
+    def init(self):
+        from rpo_guard.audit_log import AuditLog
+        from rpo_guard.schema import open_db
+        open_db(self.cfg.register_db).close()
+        AuditLog(self.cfg.audit_db).close()
+        return self
+
+    def csv(self, name: str, text: str) -> Path:
+        p = self.root / name
+        p.write_text(text, encoding="utf-8")
+        return p
+
+    def consult(self, rows: list[tuple], days_ago: int = 1, brand: str = "", name: str | None = None):
+        """Import a consultation result; rows are (number, status[, registration_date])."""
+        from rpo_guard.sync import import_consultation
+        lines = ["number,status,registration_date"] + [
+            f"{r[0]},{r[1]},{r[2] if len(r) > 2 else ''}" for r in rows]
+        path = self.csv(name or f"consult-{days_ago}-{brand or 'shared'}-{len(rows)}.csv", "\n".join(lines) + "\n")
+        return import_consultation(self.cfg, path, today_rome() - timedelta(days=days_ago), brand, who="test")
+
+    def consents(self, rows: list[tuple], name: str = "consents.csv"):
+        """rows: (number, brand, kind, given_at, ends_at)."""
+        from rpo_guard.sync import import_consents
+        lines = ["number,brand,kind,given_at,ends_at,channel,evidence"] + [
+            f"{n},{b},{k},{g},{e},test,ev-{i}" for i, (n, b, k, g, e) in enumerate(rows)]
+        return import_consents(self.cfg, self.csv(name, "\n".join(lines) + "\n"), who="test")
+
+    def audit_rows(self) -> list[dict]:
+        import sqlite3
+        conn = sqlite3.connect(self.cfg.audit_db)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM attempts ORDER BY id")]
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch) -> Env:
+    e = Env(tmp_path)
+    monkeypatch.setenv(config_mod.ENV_VAR, str(e.conf))
+    return e
+
+
+def days(n: int) -> str:
+    """An ISO date n days before today (Europe/Rome)."""
+    return (today_rome() - timedelta(days=n)).isoformat()
