@@ -92,7 +92,7 @@ def run(argv: list[str]) -> int:
 
     from . import config as config_mod
     from .decision import error_verdict
-    from .guard import Outcome, check_call
+    from .guard import Outcome, audit_row, check_call
 
     cfg = None
     try:
@@ -118,15 +118,7 @@ def run(argv: list[str]) -> int:
     if verdict.reason == "error":
         log_failure(f"call {env.get('agi_uniqueid', '?')} to {dialed!r} blocked on error: {verdict.detail}", log_file)
 
-    row = {
-        "at": outcome.at.isoformat(timespec="milliseconds"),
-        "uniqueid": env.get("agi_uniqueid"), "channel": env.get("agi_channel"),
-        "callerid": callerid_arg if callerid_arg is not None else env.get("agi_callerid"),
-        "accountcode": env.get("agi_accountcode"), "brand": brand.strip(), "dialed": dialed,
-        "e164": outcome.e164, "decision": verdict.decision, "reason": verdict.reason,
-        "basis": verdict.basis, "detail": verdict.detail,
-        "latency_ms": round((time.perf_counter() - started) * 1000, 3), "via": "agi",
-    }
+    row = audit_row(outcome, env, dialed, brand, callerid_arg, started, "agi")
     result, reason, audit_id = verdict.decision, verdict.reason, ""
     try:
         if cfg is None:

@@ -62,6 +62,29 @@ def _octal_mode(v: str) -> int:
     return n
 
 
+def _listen(v: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [addr]:port); the host must be an IP address."""
+    import ipaddress
+    v = v.strip()
+    host, sep, port = v.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:4573")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    ipaddress.ip_address(host)  # raises: a name would be resolved at start-up, an address cannot lie
+    n = int(port)
+    if not 0 <= n <= 65535:
+        raise ValueError("port must be between 0 and 65535")
+    return host, n
+
+
+def _networks(v: str) -> tuple:
+    import ipaddress
+    out = tuple(ipaddress.ip_network(p.strip(), strict=False) for p in v.split(",") if p.strip())
+    if not out:
+        raise ValueError("must name at least one address or network")
+    return out
+
+
 def _str(v: str) -> str:
     return v.strip()
 
@@ -92,6 +115,16 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "busy_timeout_ms": (_milliseconds, "200", "how long a lookup or audit write waits for a lock before failing closed"),
         "file_mode": (_octal_mode, "0640", "permissions of databases the tool creates"),
     },
+    "fastagi": {
+        "listen": (_listen, "127.0.0.1:4573", "address:port `rpo-guard serve` binds (IPv6 as [addr]:port)"),
+        "allowed_peers": (_networks, "127.0.0.1, ::1", "comma list of addresses or networks (CIDR) allowed to connect; others are closed at once"),
+        "deadline_ms": (_milliseconds, "500", "a lookup not done this soon answers BLOCK/error (and is recorded)"),
+        "read_timeout_ms": (_milliseconds, "2000", "how long the server waits for the environment block or a response line"),
+        "max_request_bytes": (_positive_int, "16384", "longest environment block or response line accepted"),
+        "max_connections": (_positive_int, "1024", "sessions served at once; more are closed at once"),
+        "lookup_threads": (_positive_int, "2", "threads running register lookups (each with its own connection)"),
+        "drain_timeout_ms": (_milliseconds, "10000", "on SIGTERM, how long in-flight sessions may take to finish"),
+    },
 }
 
 
@@ -107,6 +140,14 @@ class Config:
     timezone: str
     busy_timeout_ms: int
     file_mode: int
+    listen: tuple[str, int] = ("127.0.0.1", 4573)
+    allowed_peers: tuple = ()
+    deadline_ms: int = 500
+    read_timeout_ms: int = 2000
+    max_request_bytes: int = 16384
+    max_connections: int = 1024
+    lookup_threads: int = 2
+    drain_timeout_ms: int = 10000
 
     @property
     def register_db(self) -> Path:

@@ -7,6 +7,7 @@ failure becomes ``BLOCK``/``error`` with the cause in ``detail``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import time
 from datetime import datetime
 
 from .decision import CallFacts, Verdict, decide, error_verdict
@@ -54,3 +55,23 @@ def check_call(cfg, store, raw: str, brand: str = "", at: datetime | None = None
     except Exception as exc:  # fail closed, whatever went wrong
         verdict = error_verdict(f"{type(exc).__name__}: {exc}")
     return Outcome(verdict, e164, at)
+
+
+def audit_row(outcome: Outcome, env: dict, dialed: str, brand: str, callerid_arg: str | None,
+              started: float, via: str) -> dict:
+    """The audit-log row of one attempt, as both AGI front ends record it.
+
+    ``env`` is the AGI environment block, ``callerid_arg`` the third AGI
+    argument (it wins over ``agi_callerid`` when given), ``started`` the
+    ``time.perf_counter()`` of the session start, ``via`` ``agi`` or ``fastagi``.
+    """
+    verdict = outcome.verdict
+    return {
+        "at": outcome.at.isoformat(timespec="milliseconds"),
+        "uniqueid": env.get("agi_uniqueid"), "channel": env.get("agi_channel"),
+        "callerid": callerid_arg if callerid_arg is not None else env.get("agi_callerid"),
+        "accountcode": env.get("agi_accountcode"), "brand": (brand or "").strip(), "dialed": dialed,
+        "e164": outcome.e164, "decision": verdict.decision, "reason": verdict.reason,
+        "basis": verdict.basis, "detail": verdict.detail,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3), "via": via,
+    }
