@@ -24,17 +24,10 @@ signal.signal(signal.SIGHUP, lambda signum, frame: _hangup.append(signum))
 
 import io  # noqa: E402
 import os  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-_SAFE_VALUE = re.compile(r"[A-Za-z0-9_]{1,64}")
-RESULT_VALUES = frozenset({"ALLOW", "BLOCK"})
-
-
-def safe_value(value: str, allowed: frozenset | None = None) -> bool:
-    """Only short [A-Za-z0-9_] words ever reach the AGI stream."""
-    return bool(_SAFE_VALUE.fullmatch(value)) and (allowed is None or value in allowed)
+from .guard import RESULT_VALUES, safe_value  # noqa: E402,F401  (shared with the FastAGI server)
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -212,18 +212,27 @@ def default_agi_path() -> str:
 @click.option("--caller-id", default="unknown", help="CALLERID(num) of the channel")
 @click.option("--agi", "agi_path", default=None, metavar="PATH", help="the AGI script (default: rpo-guard-agi)")
 @click.option("--hangup-after", type=float, default=None, metavar="SECONDS", help="the caller hangs up this soon")
+@click.option("--fastagi", "fastagi", default=None, metavar="HOST:PORT",
+              help="call a running `rpo-guard serve` (FastAGI) instead of the process AGI")
 @click.option("--quiet", is_flag=True, help="print only the result line")
 @pass_ctx
-def simulate_call(ctx, number, brand, caller_id, agi_path, hangup_after, quiet):
+def simulate_call(ctx, number, brand, caller_id, agi_path, hangup_after, fastagi, quiet):
     """Run the AGI exactly as Asterisk 22 would and show the session."""
-    from .harness import Channel, run_process_agi
+    from .harness import Channel, run_fastagi, run_process_agi
 
-    env = {}
-    if ctx.config_path:
-        env[config_mod.ENV_VAR] = os.path.abspath(ctx.config_path)
     channel = Channel(extension=number, callerid=caller_id)
-    session = run_process_agi(agi_path or default_agi_path(), [number, brand], channel, env=env,
-                              hangup_after=hangup_after)
+    if fastagi:
+        try:
+            host, port = config_mod._listen(fastagi)
+        except ValueError as exc:
+            raise click.BadParameter(f"{fastagi!r}: {exc}", param_hint="--fastagi") from None
+        session = run_fastagi(host, port, "rpo_guard", [number, brand], channel, hangup_after=hangup_after)
+    else:
+        env = {}
+        if ctx.config_path:
+            env[config_mod.ENV_VAR] = os.path.abspath(ctx.config_path)
+        session = run_process_agi(agi_path or default_agi_path(), [number, brand], channel, env=env,
+                                  hangup_after=hangup_after)
     if not quiet:
         for line in session.transcript:
             click.echo(line)
@@ -239,6 +248,11 @@ def demo(data_dir):
     """A small campaign of simulated calls on the embedded sample data."""
     from .demo import run_demo
     run_demo(data_dir)
+
+
+from .cli_fastagi import serve  # noqa: E402
+
+cli.add_command(serve)
 
 
 def main() -> None:

@@ -413,3 +413,135 @@ def run_process_agi(script: str, args: list[str], channel: Channel | None = None
     tx.append(f"{prefix}Script {script} completed, returning {returning}")
     return Session(status, channel, tx, exit_code=code, stderr=b"".join(stderr_chunks),
                    sighup_sent=state["sighup"], elapsed=elapsed)
+
+
+def run_fastagi(host: str, port: int, script: str, args: list[str], channel: Channel | None = None, *,
+                hangup_after: float | None = None, hangup_before_command: int | None = None,
+                timeout: float = 30.0, env_block_override: bytes | None = None,
+                connect_timeout: float = 5.0) -> Session:
+    """Call a FastAGI server as Asterisk does: ``AGI(agi://HOST:PORT/SCRIPT,ARGS...)``.
+
+    ``script`` may carry a query string (``check?x=1``): Asterisk passes it in
+    ``agi_network_script`` and ``agi_request`` unchanged (transcript 08).
+    As in transcripts 07-10, 13 and 16:
+
+    * connection refused: two WARNING lines, AGISTATUS=FAILURE, nothing set;
+    * the caller hanging up (``hangup_after`` seconds after the connection, or
+      just before the server's Nth command is answered) kills the channel and
+      sends one inline ``HANGUP`` line at once, even while the server waits
+      for the response to a command; later commands get 511 unless a dead
+      channel allows them;
+    * the server sending the HANGUP command: ``200 result=1`` then ``HANGUP``;
+    * when the server closes (or half-closes) its side: "Script ... completed",
+      a trailing ``HANGUP`` line, then Asterisk closes. AGISTATUS is SUCCESS,
+      or HANGUP once the channel is dead.
+    """
+    import socket
+
+    channel = channel or Channel()
+    tx: list[str] = []
+    prefix = f"<{channel.name}>AGI "
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = f"agi://{hostport}/{script}"
+    started = time.monotonic()
+    try:
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+    except OSError as exc:
+        reason = "Connection refused" if isinstance(exc, ConnectionRefusedError) else (exc.strerror or str(exc))
+        tx.append(f"WARNING res_agi.c: Connecting to '{hostport}' failed for url '{request}': {reason}")
+        tx.append("WARNING res_agi.c: Couldn't connect to any host.  FastAGI failed.")
+        return Session("FAILURE", channel, tx, elapsed=time.monotonic() - started)
+    sock.setblocking(False)
+    state = {"hangup_sent": False, "pending_hangup_line": False}
+
+    def send(data: bytes) -> bool:
+        end = time.monotonic() + 5.0
+        view = memoryview(data)
+        while view:
+            try:
+                n = sock.send(view)
+                view = view[n:]
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    return False
+                select.select([], [sock], [], 0.05)
+            except OSError:
+                return False
+        return True
+
+    def caller_hangs_up():
+        if channel.alive:
+            channel.alive = False
+        if not state["hangup_sent"]:
+            state["hangup_sent"] = True
+            tx.append(prefix + "Tx >> HANGUP")
+            send(b"HANGUP\n")
+
+    def script_hangup():  # the HANGUP command: answered first, then the HANGUP line
+        state["pending_hangup_line"] = True
+
+    engine = CommandEngine(channel, on_hangup=script_hangup)
+    block = env_block_override if env_block_override is not None else encode_env(
+        channel.env_block(request, args, network_script=script))
+    for i, line in enumerate(block.decode("utf-8", "replace").split("\n")[:-1]):
+        # Asterisk logs the two network lines without the channel prefix (transcript 07)
+        tx.append(("AGI " if line.startswith("agi_network") else prefix) + "Tx >> " + line)
+    send(block)
+
+    hangup_at = started + hangup_after if hangup_after is not None else None
+    deadline = started + timeout
+    buf = b""
+    commands = 0
+    status = None
+    try:
+        while True:
+            now = time.monotonic()
+            if hangup_at is not None and now >= hangup_at:
+                caller_hangs_up()
+                hangup_at = None
+            if now >= deadline:
+                status = "TIMEOUT"  # Asterisk would still be waiting; tests treat it as a failure
+                break
+            wait = deadline - now
+            if hangup_at is not None:
+                wait = min(wait, max(0.0, hangup_at - now))
+            ready, _, _ = select.select([sock], [], [], min(wait, 0.05))
+            if not ready:
+                continue
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, BlockingIOError) as exc:
+                if isinstance(exc, BlockingIOError):
+                    continue
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                raw, buf = buf.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                commands += 1
+                if hangup_before_command is not None and commands == hangup_before_command:
+                    caller_hangs_up()
+                tx.append(prefix + "Rx << " + line)
+                response = engine.handle(line)
+                for out in response.rstrip("\n").split("\n"):
+                    tx.append(prefix + "Tx >> " + out)
+                send(response.encode())
+                if state["pending_hangup_line"]:
+                    state["pending_hangup_line"] = False
+                    if not state["hangup_sent"]:
+                        state["hangup_sent"] = True
+                        tx.append(prefix + "Tx >> HANGUP")
+                        send(b"HANGUP\n")
+    finally:
+        if status != "TIMEOUT":
+            status = "HANGUP" if not channel.alive else "SUCCESS"
+            tx.append(f"{prefix}Script {request} completed, returning {4 if status == 'HANGUP' else 0}")
+            tx.append(prefix + "Tx >> HANGUP")
+            send(b"HANGUP\n")
+        try:
+            sock.close()
+        except OSError:
+            pass
+    return Session(status, channel, tx, elapsed=time.monotonic() - started)

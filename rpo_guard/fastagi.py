@@ -1,0 +1,484 @@
+"""The FastAGI server: ``rpo-guard serve [--listen HOST:PORT]``.
+
+Asterisk connects for each call (``AGI(agi://127.0.0.1:4573/rpo_guard,NUMBER,BRAND)``),
+sends the environment block (``agi_network: yes``, ``agi_network_script``
+with any query string, ``agi_arg_N``, then an empty line) and answers our
+commands one at a time. The session is the process AGI's, on the same code:
+:func:`rpo_guard.guard.check_call` decides, :func:`rpo_guard.guard.audit_row`
+builds the audit row, and the channel gets ``RPO_RESULT``, ``RPO_REASON`` and
+``RPO_AUDIT_ID`` with the same ``SET VARIABLE "NAME" "VALUE"`` bytes pyst2 sends.
+
+Design (asyncio, one event loop thread):
+
+* lookups run in ``lookup_threads`` worker threads, each with its own
+  long-lived read-only :class:`~rpo_guard.store.Store`; the session waits at
+  most ``deadline_ms`` for it and otherwise answers ``BLOCK``/``error`` (the
+  attempt is recorded all the same). A stuck lookup holds a thread, never the
+  loop.
+* the register is in WAL mode: imports committed in place are seen by the
+  next read transaction of an open connection. A *replaced* file (new inode)
+  is detected by ``stat`` before each lookup; the worker opens the new file
+  and only then drops the old connection, so no lookup ever fails on a swap.
+  If the new file cannot be opened yet, the old connection keeps answering.
+* audit rows go to one writer thread that commits them in batches
+  (``AuditLog.append_many``: one transaction for all rows waiting). The session
+  answers once its row is committed, so ``RPO_AUDIT_ID`` is the row id, as in
+  the process AGI, and an attempt that cannot be recorded is refused
+  (``BLOCK``/``error``), as there.
+* commands are sent one at a time, each after the previous response: res_agi
+  reads the socket through a stdio buffer and would not see a second
+  pipelined command until more bytes arrived.
+* Asterisk writes an inline ``HANGUP`` line when the caller hangs up, possibly
+  before the response to a pending command; it is skipped (and noted) while
+  reading responses. When done the server half-closes, reads Asterisk's
+  trailing ``HANGUP`` and the end of the stream, and closes.
+* every read is bounded in time (``read_timeout_ms``) and size
+  (``max_request_bytes``); a silent, garbled, half-closed or oversized client
+  costs its own connection only.
+* peers outside ``allowed_peers`` are closed at once; more than
+  ``max_connections`` sessions at once are closed at once. Asterisk then sees
+  a session that set nothing, and the shipped dialplan blocks the call.
+* SIGTERM/SIGINT: stop listening, let in-flight sessions finish (at most
+  ``drain_timeout_ms``), flush the audit writer, exit 0. SIGHUP: reopen the
+  audit log and the register connections (log rotation, moved files).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import parse_qs
+
+from .decision import error_verdict
+from .failure_log import log_failure
+from .guard import RESULT_VALUES, Outcome, audit_row, check_call, safe_value
+
+
+class ProtocolError(Exception):
+    """The peer did not speak FastAGI as Asterisk does."""
+
+
+def parse_env(block: bytes) -> dict[str, str]:
+    """The environment block (``key: value`` lines, then an empty line) as a dict."""
+    env: dict[str, str] = {}
+    text = block.decode("utf-8", "replace")
+    for line in text.split("\n"):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or not key.startswith("agi_") or not key.replace("_", "").isalnum():
+            raise ProtocolError(f"not an AGI environment line: {line[:80]!r}")
+        env[key] = value[1:] if value.startswith(" ") else value
+    if "agi_request" not in env:
+        raise ProtocolError("environment block without agi_request")
+    return env
+
+
+def agi_args(env: dict[str, str]) -> list[str]:
+    args, i = [], 1
+    while f"agi_arg_{i}" in env:
+        args.append(env[f"agi_arg_{i}"])
+        i += 1
+    return args
+
+
+def network_script(env: dict[str, str]) -> tuple[str, dict[str, list[str]]]:
+    """The script name of ``agi_network_script`` and its query string, parsed."""
+    script, _, query = env.get("agi_network_script", "").partition("?")
+    return script, parse_qs(query, keep_blank_values=True)
+
+
+@dataclass
+class Stats:
+    sessions: int = 0            # environment block read, answered
+    allowed: int = 0
+    blocked: int = 0
+    errors: int = 0              # answered BLOCK/error (lookup failure, deadline, audit)
+    deadline_exceeded: int = 0
+    protocol_errors: int = 0     # sessions dropped: silence, garbage, oversize, early close
+    refused_peers: int = 0
+    refused_busy: int = 0
+    register_reopened: int = 0
+    hangups_seen: int = 0
+    reasons: dict = field(default_factory=dict)
+
+
+class _RegisterReader:
+    """One worker thread's register connection; follows a replaced file."""
+
+    def __init__(self, server: "FastAGIServer"):
+        self.server = server
+        self.store = None
+        self.ident = None
+        self.generation = -1
+        self.last_error = ""
+
+    def get(self):
+        from .store import Store, StoreError
+
+        cfg = self.server.cfg
+        path = cfg.register_db
+        try:
+            st = os.stat(path)
+            ident = (st.st_dev, st.st_ino)
+        except OSError:
+            ident = None
+        gen = self.server.generation
+        if self.store is not None and ident == self.ident and gen == self.generation:
+            return self.store
+        if ident is None and self.store is not None:
+            return self.store  # the file is being replaced: keep the one we have
+        try:
+            new = Store(path, cfg.busy_timeout_ms)
+        except Exception as exc:
+            message = f"register database: {type(exc).__name__}: {exc}"
+            if message != self.last_error:
+                self.last_error = message
+                log_failure(message + (" (still answering from the file opened before)" if self.store else ""),
+                            cfg.log_file)
+            if self.store is not None:
+                return self.store
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(message) from exc
+        self.last_error = ""
+        old, self.store, self.ident, self.generation = self.store, new, ident, gen
+        if old is not None:
+            self.server.stats.register_reopened += 1
+            try:
+                old.close()
+            except Exception:
+                pass
+        return new
+
+
+_STOP = object()
+
+
+class AuditWriter:
+    """One thread that commits audit rows in batches and hands back their ids."""
+
+    def __init__(self, cfg, loop: asyncio.AbstractEventLoop, batch_max: int = 2000):
+        self.cfg = cfg
+        self.loop = loop
+        self.batch_max = batch_max
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._reopen = False
+        self.written = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="rpo-guard-audit", daemon=True)
+        self._thread.start()
+
+    def submit(self, row: dict) -> asyncio.Future:
+        fut = self.loop.create_future()
+        self._q.put((row, fut))
+        return fut
+
+    def reopen(self) -> None:
+        self._reopen = True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write every row queued so far, then stop the thread."""
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        log = None
+        stopping = False
+        while True:
+            try:
+                item = self._q.get(timeout=0.2) if stopping else self._q.get()
+            except queue.Empty:
+                break  # stopping and nothing more came: done
+            batch = [item]
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            if any(i is _STOP for i in batch):
+                stopping = True
+                batch = [i for i in batch if i is not _STOP]
+            if batch:
+                log = self._write(log, batch)
+        if log is not None:
+            log.close()
+
+    def _write(self, log, batch):
+        from .audit_log import AuditLog
+
+        rows = [row for row, _ in batch]
+        ids, error = None, None
+        try:
+            if log is not None and self._reopen:
+                self._reopen = False
+                log.close()
+                log = None
+            if log is None:
+                log = AuditLog(self.cfg.audit_db, file_mode=self.cfg.file_mode)
+            ids = log.append_many(rows)
+            self.written += len(rows)
+        except Exception as exc:
+            error = exc
+            self.failed += len(rows)
+            for row in rows:  # an attempt that cannot be recorded is kept in the failure log
+                log_failure(f"audit log unwritable ({type(exc).__name__}: {exc}); attempt: {row!r}",
+                            self.cfg.log_file)
+            if log is not None:
+                try:
+                    log.close()
+                except Exception:
+                    pass
+            log = None
+        try:
+            self.loop.call_soon_threadsafe(self._resolve, [f for _, f in batch], ids, error)
+        except RuntimeError:
+            pass  # the loop is gone (shutdown): the rows are written, nobody waits
+        return log
+
+    @staticmethod
+    def _resolve(futures, ids, error) -> None:
+        for i, fut in enumerate(futures):
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(RuntimeError(f"{type(error).__name__}: {error}"))
+            else:
+                fut.set_result(ids[i])
+
+
+class FastAGIServer:
+    def __init__(self, cfg, listen: tuple[str, int] | None = None, allowed_peers=None):
+        self.cfg = cfg
+        self.listen = listen or cfg.listen
+        self.allowed_peers = tuple(allowed_peers if allowed_peers is not None else cfg.allowed_peers)
+        self.deadline = cfg.deadline_ms / 1000
+        self.read_timeout = cfg.read_timeout_ms / 1000
+        self.stats = Stats()
+        self.generation = 0
+        self.port: int | None = None
+        self._sessions: set[asyncio.Task] = set()
+        self._tls = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._stopping: asyncio.Event | None = None
+        self.audit: AuditWriter | None = None
+        self._refused_logged: set = set()
+
+    # ---- lookups (worker threads) -------------------------------------------------
+    def _lookup(self, dialed: str, brand: str) -> Outcome:
+        reader = getattr(self._tls, "reader", None)
+        if reader is None:
+            reader = self._tls.reader = _RegisterReader(self)
+        try:
+            store = reader.get()
+        except Exception:
+            store = None  # logged by the reader; check_call answers BLOCK/error
+        return check_call(self.cfg, store, dialed, brand)
+
+    def _warm(self) -> None:
+        """Open the register in every worker and import what a first lookup would."""
+        self._lookup("+390000000000", "")
+        from . import numbers
+        try:
+            numbers.normalize("0612345678", (), "IT")
+        except Exception:
+            pass
+
+    async def check(self, dialed: str, brand: str) -> Outcome:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, self._lookup, dialed, brand)
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await fut
+        except TimeoutError:
+            self.stats.deadline_exceeded += 1
+            from zoneinfo import ZoneInfo
+            return Outcome(error_verdict(f"lookup deadline of {self.cfg.deadline_ms} ms exceeded"), None,
+                           datetime.now(ZoneInfo(self.cfg.timezone)))
+
+    # ---- one session --------------------------------------------------------------
+    def _peer_allowed(self, peer) -> bool:
+        try:
+            ip = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else peer)
+        except (ValueError, TypeError, IndexError):
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allowed_peers)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not self._peer_allowed(peer):
+            self.stats.refused_peers += 1
+            addr = peer[0] if isinstance(peer, tuple) else str(peer)
+            if addr not in self._refused_logged and len(self._refused_logged) < 1000:
+                self._refused_logged.add(addr)
+                log_failure(f"fastagi: connection from {addr} refused (not in allowed_peers)", self.cfg.log_file)
+            writer.transport.abort()
+            return
+        if len(self._sessions) >= self.cfg.max_connections or self._stopping.is_set():
+            self.stats.refused_busy += 1
+            writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        self._sessions.add(task)
+        try:
+            await self._session(reader, writer)
+        except (ProtocolError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                TimeoutError, ConnectionError, OSError):
+            self.stats.protocol_errors += 1
+            writer.transport.abort()
+        except Exception as exc:  # never the server
+            self.stats.protocol_errors += 1
+            log_failure(f"fastagi session crashed: {type(exc).__name__}: {exc}", self.cfg.log_file)
+            writer.transport.abort()
+        else:
+            writer.close()
+        finally:
+            self._sessions.discard(task)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(self.read_timeout):
+            block = await reader.readuntil(b"\n\n")
+        started = time.perf_counter()
+        env = parse_env(block)
+        args = agi_args(env)
+        dialed = args[0] if args else ""
+        brand = args[1] if len(args) > 1 else ""
+        callerid_arg = args[2] if len(args) > 2 else None
+        self.stats.sessions += 1
+
+        outcome = await self.check(dialed, brand)
+        verdict = outcome.verdict
+        if verdict.reason == "error":
+            log_failure(f"call {env.get('agi_uniqueid', '?')} to {dialed!r} blocked on error: {verdict.detail}",
+                        self.cfg.log_file)
+        row = audit_row(outcome, env, dialed, brand, callerid_arg, started, "fastagi")
+        result, reason, audit_id = verdict.decision, verdict.reason, ""
+        try:
+            async with asyncio.timeout(self.deadline):
+                audit_id = str(await self.audit.submit(row))
+        except Exception as exc:
+            # Not recorded (or not yet): refused. The writer keeps failed rows in the failure log.
+            result, reason = "BLOCK", "error"
+            log_failure(f"call {env.get('agi_uniqueid', '?')} refused: audit row not committed "
+                        f"({type(exc).__name__}: {exc})", self.cfg.log_file)
+        if not (safe_value(result, RESULT_VALUES) and safe_value(reason)):
+            result, reason = "BLOCK", "error"
+        if reason == "error":
+            self.stats.errors += 1
+        if result == "ALLOW":
+            self.stats.allowed += 1
+        else:
+            self.stats.blocked += 1
+        self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+
+        state = {"hangup": False}
+        commands = [("RPO_RESULT", result), ("RPO_REASON", reason)]
+        if safe_value(audit_id):
+            commands.append(("RPO_AUDIT_ID", audit_id))
+        for name, value in commands:
+            writer.write(f'SET VARIABLE "{name}" "{value}"\n'.encode())
+            async with asyncio.timeout(self.read_timeout):
+                await self._response(reader, state)
+        if state["hangup"]:
+            self.stats.hangups_seen += 1
+        # Done: half-close; Asterisk answers with HANGUP and closes its side.
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(self.read_timeout):
+            while await reader.read(4096):
+                pass
+
+    async def _response(self, reader: asyncio.StreamReader, state: dict) -> str:
+        """The response to the command just sent, skipping inline HANGUP lines."""
+        while True:
+            line = await reader.readline()
+            if not line.endswith(b"\n"):
+                raise ConnectionError("the peer closed the connection before answering")
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            if text == "HANGUP":
+                state["hangup"] = True
+                continue
+            if text.startswith("520-"):  # multi-line usage block: read to its end
+                while not text.startswith("520 "):
+                    line = await reader.readline()
+                    if not line.endswith(b"\n"):
+                        raise ConnectionError("the peer closed the connection inside a 520 block")
+                    text = line.decode("utf-8", "replace").rstrip("\r\n")
+            return text
+
+    # ---- life cycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._pool = ThreadPoolExecutor(max_workers=self.cfg.lookup_threads, thread_name_prefix="rpo-guard-lookup")
+        await asyncio.gather(*(loop.run_in_executor(self._pool, self._warm)
+                               for _ in range(self.cfg.lookup_threads)))
+        self.audit = AuditWriter(self.cfg, loop)
+        host, port = self.listen
+        self._server = await asyncio.start_server(self._handle, host, port, limit=self.cfg.max_request_bytes,
+                                                  backlog=1024, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen the audit log and the register connections."""
+        self.generation += 1
+        if self.audit is not None:
+            self.audit.reopen()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+        self._server.close()  # no new connections; the ones in flight go on
+        if self._sessions:
+            await asyncio.wait(set(self._sessions), timeout=self.cfg.drain_timeout_ms / 1000)
+        for task in list(self._sessions):
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.audit.close)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def serve(cfg, listen=None, ready=None, install_signals: bool = True) -> Stats:
+    server = FastAGIServer(cfg, listen)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        loop.add_signal_handler(signal.SIGTERM, server.request_stop)
+        loop.add_signal_handler(signal.SIGINT, server.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, server.reopen)
+    host = server.listen[0]
+    print(f"rpo-guard serve: listening on {'[' + host + ']' if ':' in host else host}:{server.port} "
+          f"(pid {os.getpid()})", file=sys.stderr, flush=True)
+    if ready is not None:
+        ready(server)
+    await server.wait_stopped()
+    s = server.stats
+    print(f"rpo-guard serve: stopped; sessions={s.sessions} allowed={s.allowed} blocked={s.blocked} "
+          f"errors={s.errors} protocol_errors={s.protocol_errors} audit_written={server.audit.written} "
+          f"audit_failed={server.audit.failed}", file=sys.stderr, flush=True)
+    return s
+
+
+def run_server(cfg, listen=None) -> int:
+    try:
+        import uvloop  # optional: a faster event loop when installed
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(serve(cfg, listen))
+    return 0
