@@ -418,7 +418,7 @@ def run_process_agi(script: str, args: list[str], channel: Channel | None = None
 def run_fastagi(host: str, port: int, script: str, args: list[str], channel: Channel | None = None, *,
                 hangup_after: float | None = None, hangup_before_command: int | None = None,
                 timeout: float = 30.0, env_block_override: bytes | None = None,
-                connect_timeout: float = 5.0) -> Session:
+                connect_timeout: float = 5.0, answer_delay: float = 0.0) -> Session:
     """Call a FastAGI server as Asterisk does: ``AGI(agi://HOST:PORT/SCRIPT,ARGS...)``.
 
     ``script`` may carry a query string (``check?x=1``): Asterisk passes it in
@@ -431,6 +431,7 @@ def run_fastagi(host: str, port: int, script: str, args: list[str], channel: Cha
       sends one inline ``HANGUP`` line at once, even while the server waits
       for the response to a command; later commands get 511 unless a dead
       channel allows them;
+    * ``answer_delay`` seconds pass before each response (a loaded Asterisk);
     * the server sending the HANGUP command: ``200 result=1`` then ``HANGUP``;
     * when the server closes (or half-closes) its side: "Script ... completed",
       a trailing ``HANGUP`` line, then Asterisk closes. AGISTATUS is SUCCESS,
@@ -525,6 +526,8 @@ def run_fastagi(host: str, port: int, script: str, args: list[str], channel: Cha
                     caller_hangs_up()
                 tx.append(prefix + "Rx << " + line)
                 response = engine.handle(line)
+                if answer_delay:
+                    time.sleep(answer_delay)
                 for out in response.rstrip("\n").split("\n"):
                     tx.append(prefix + "Tx >> " + out)
                 send(response.encode())

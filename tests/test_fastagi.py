@@ -1,0 +1,343 @@
+"""The FastAGI server against the harness's Asterisk peer, on loopback."""
+from __future__ import annotations
+
+import csv
+import re
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from datetime import timedelta
+from importlib import resources
+
+import pytest
+
+from conftest import agi_path, today_rome
+from fastagi_support import Server
+from rpo_guard.harness import Channel, run_fastagi, run_process_agi
+
+COMPARED = ("callerid", "channel", "accountcode", "brand", "dialed", "e164", "decision", "reason",
+            "basis", "detail")
+
+
+def load_sample(env):
+    """The embedded sample data (what `rpo-guard demo` uses), dated two days ago."""
+    import gc
+    from rpo_guard.demo import ANCHOR, _shifted
+    from rpo_guard.sync import dnc_add, import_consents, import_consultation
+
+    consulted = today_rome() - timedelta(days=2)
+    delta = consulted - ANCHOR
+    sample = resources.files("rpo_guard") / "sample_data"
+    for name in ("consultation.csv", "consents.csv", "dnc.csv", "campaign.csv"):
+        env.csv(name, _shifted((sample / name).read_text(encoding="utf-8"), delta))
+    env.init()
+    import_consultation(env.cfg, env.root / "consultation.csv", consulted, who="test")
+    import_consents(env.cfg, env.root / "consents.csv", who="test")
+    with open(env.root / "dnc.csv", newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            dnc_add(env.cfg, row["number"], row["brand"], row["reason"], who="test")
+    with open(env.root / "campaign.csv", newline="", encoding="utf-8") as fh:
+        cases = [(r["dialed"], r["brand"], r["caller_id"]) for r in csv.DictReader(fh)]
+    gc.collect()  # the importers' connections
+    return cases
+
+
+# The shared decision table: the sample campaign plus the odd inputs a dialplan can pass.
+EXTRA_CASES = [
+    ("", "Energia Uno", "0612340000"),              # no number at all
+    ("3331234567", "", "0612340000"),                # no brand
+    ("+39 333 123 4567", "Telco Due", "unknown"),    # registered, other brand
+    ("3485556667", "Telco Due", "0612340000"),       # global DNC covers every brand
+    ("abc;rm -rf", "Energia Uno", "0612340000"),     # garbage
+]
+
+
+@pytest.fixture
+def sample(env):
+    cases = load_sample(env) + EXTRA_CASES
+    env.write_config("[fastagi]\nread_timeout_ms = 500\n")
+    return env, cases
+
+
+@pytest.fixture
+def server(sample):
+    env, _ = sample
+    s = Server(env.conf)
+    yield s
+    s.stop()
+
+
+def _channel(i: int, dialed: str, caller_id: str) -> Channel:
+    return Channel(extension=re.sub(r"\D", "", dialed) or "s", callerid=caller_id,
+                   uniqueid=f"1795339{200 + i}.{i}")
+
+
+def test_decisions_equal_the_process_agi(sample, server):
+    env, cases = sample
+    seen = set()
+    for i, (dialed, brand, caller_id) in enumerate(cases):
+        p = run_process_agi(agi_path(), [dialed, brand], _channel(i, dialed, caller_id), env=env.agi_env)
+        f = run_fastagi("127.0.0.1", server.port, "rpo_guard", [dialed, brand], _channel(i, dialed, caller_id))
+        assert (f.agistatus, f.result, f.reason, f.dialplan_allows) == \
+               (p.agistatus, p.result, p.reason, p.dialplan_allows), (dialed, brand, f.transcript)
+        assert f.agistatus == "SUCCESS" and f.result in ("ALLOW", "BLOCK")
+        rows = {r["id"]: r for r in env.audit_rows()}
+        prow = rows[int(p.channel.variables["RPO_AUDIT_ID"])]
+        frow = rows[int(f.channel.variables["RPO_AUDIT_ID"])]
+        assert (prow["via"], frow["via"]) == ("agi", "fastagi")
+        assert {k: frow[k] for k in COMPARED} == {k: prow[k] for k in COMPARED}
+        seen.add((f.result, f.reason))
+    # the table is not trivial: both answers and most reasons occur
+    assert {r for r, _ in seen} == {"ALLOW", "BLOCK"}
+    assert len({reason for _, reason in seen}) >= 7
+    assert ("BLOCK", "error") not in seen
+
+
+def test_session_bytes_match_asterisk(sample, server):
+    s = run_fastagi("127.0.0.1", server.port, "rpo_guard?x=1", ["3331234567", "Energia Uno"], _channel(1, "3331234567", "unknown"))
+    assert s.transcript[0] == "AGI Tx >> agi_network: yes"
+    assert s.transcript[1] == "AGI Tx >> agi_network_script: rpo_guard?x=1"
+    assert s.transcript[2].endswith(f"Tx >> agi_request: agi://127.0.0.1:{server.port}/rpo_guard?x=1")
+    rx = [t.split("Rx << ", 1)[1] for t in s.transcript if "Rx << " in t]
+    assert rx[:2] == ['SET VARIABLE "RPO_RESULT" "BLOCK"', 'SET VARIABLE "RPO_REASON" "rpo_registered"']
+    assert re.fullmatch(r'SET VARIABLE "RPO_AUDIT_ID" "\d+"', rx[2]) and len(rx) == 3
+    assert s.transcript[-2].endswith("completed, returning 0") and s.transcript[-1].endswith("Tx >> HANGUP")
+
+
+@pytest.mark.parametrize("how", ["after_env", "before_first_answer", "before_last_answer"])
+def test_caller_hangs_up_mid_session(sample, server, how):
+    env, _ = sample
+    kw = {"after_env": {"hangup_after": 0.0}, "before_first_answer": {"hangup_before_command": 1},
+          "before_last_answer": {"hangup_before_command": 3}}[how]
+    s = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "Energia Uno"],
+                    _channel(7, "0612345678", "unknown"), **kw)
+    assert s.agistatus == "HANGUP" and not s.dialplan_allows
+    # SET VARIABLE works on a dead channel: the h extension sees the answer, and it is recorded
+    assert (s.result, s.reason) == ("ALLOW", "not_registered")
+    row = [r for r in env.audit_rows() if r["id"] == int(s.channel.variables["RPO_AUDIT_ID"])][0]
+    assert (row["via"], row["decision"], row["uniqueid"]) == ("fastagi", "ALLOW", "1795339207.7")
+    assert sum(1 for t in s.transcript if t.endswith("Tx >> HANGUP")) == 2  # inline + trailing
+    # the inline HANGUP came before the answer the server was waiting for
+    inline = next(i for i, t in enumerate(s.transcript) if t.endswith("Tx >> HANGUP"))
+    answers = [i for i, t in enumerate(s.transcript) if t.endswith("Tx >> 200 result=1")]
+    assert len(answers) == 3
+    assert inline < answers[kw.get("hangup_before_command", 1) - 1]
+
+
+def test_server_down_is_failure_and_blocks():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    s = run_fastagi("127.0.0.1", port, "rpo_guard", ["0612345678", "Energia Uno"])
+    assert s.agistatus == "FAILURE" and s.result == "" and not s.dialplan_allows
+    assert "Connection refused" in s.transcript[0]
+
+
+def _bad_clients(port: int) -> list[socket.socket]:
+    env_head = b"agi_network: yes\nagi_network_script: rpo_guard\nagi_request: agi://127.0.0.1/rpo_guard\n"
+    socks = []
+    silent = socket.create_connection(("127.0.0.1", port))
+    socks.append(silent)
+    garbage = socket.create_connection(("127.0.0.1", port))
+    garbage.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\xfe garbage\n\n")
+    socks.append(garbage)
+    half = socket.create_connection(("127.0.0.1", port))
+    half.sendall(env_head[:40])
+    half.shutdown(socket.SHUT_WR)
+    socks.append(half)
+    huge = socket.create_connection(("127.0.0.1", port))
+    try:
+        huge.sendall(b"agi_network: " + b"x" * 200_000)
+    except OSError:
+        pass  # the server may already have dropped it
+    socks.append(huge)
+    gone = socket.create_connection(("127.0.0.1", port))  # env then gone before answering
+    gone.sendall(env_head + b"agi_arg_1: 0612345678\n\n")
+    gone.close()
+    mute = socket.create_connection(("127.0.0.1", port))  # env, then never answers a command
+    mute.sendall(env_head + b"agi_arg_1: 0612345678\n\n")
+    socks.append(mute)
+    return socks
+
+
+def test_bad_clients_cost_one_connection_each(sample, server):
+    env, cases = sample
+    bad = _bad_clients(server.port)
+    answers = []
+
+    def call(i):
+        dialed, brand, caller_id = cases[i % len(cases)]
+        s = run_fastagi("127.0.0.1", server.port, "rpo_guard", [dialed, brand], _channel(i, dialed, caller_id))
+        answers.append((s.agistatus, s.result, s.reason))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(answers) == 24
+    assert all(a == "SUCCESS" and r in ("ALLOW", "BLOCK") and reason != "error" for a, r, reason in answers)
+    # every bad client is eventually dropped by the server (read timeout, size limit, EOF)
+    for sk in bad:
+        sk.settimeout(20)
+        try:
+            while sk.recv(65536):
+                pass  # the mute client gets its SET VARIABLE, then nothing more
+        except ConnectionResetError:
+            pass
+        sk.close()
+    # and the server still answers
+    s = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "Energia Uno"])
+    assert (s.agistatus, s.result) == ("SUCCESS", "ALLOW")
+    assert server.stop() == 0
+    assert "protocol_errors=6 " in server.stderr and " errors=0 " in server.stderr
+
+
+def test_peer_not_allowed_is_refused(sample):
+    env, _ = sample
+    env.write_config("[fastagi]\nallowed_peers = 10.1.2.3, 192.168.0.0/16\n")
+    s = Server(env.conf)
+    try:
+        session = run_fastagi("127.0.0.1", s.port, "rpo_guard", ["0612345678", "Energia Uno"])
+        assert session.result == "" and not session.dialplan_allows
+        assert "not in allowed_peers" in env.failures.read_text()
+        assert not [r for r in env.audit_rows() if r["via"] == "fastagi"]
+    finally:
+        s.stop()
+
+
+def _swap_register(env, generation: int, symlink: bool) -> None:
+    """Build a complete new register beside the live one and put it in place atomically.
+
+    Each generation puts 0612345678 on the DNC list for brand g<generation>.
+    """
+    live = env.cfg.register_db
+    target = env.data / (f"rpo-gen{generation}.db" if symlink else "rpo.db.new")
+    src = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
+    dst = sqlite3.connect(target)
+    src.backup(dst)
+    src.close()
+    dst.execute("INSERT INTO dnc (number, brand, reason, added_by, added_at) VALUES (?, ?, 'swap', 'test', '2026-01-01')",
+                ("+390612345678", f"g{generation}"))
+    dst.commit()
+    if not symlink:
+        dst.execute("PRAGMA journal_mode = DELETE")  # the new file carries no WAL of its own
+    dst.close()
+    if not symlink:
+        # the live file's WAL is emptied first: a file renamed over a WAL database would
+        # otherwise be read through the old file's -wal (which is why a symlink swap is better)
+        c = sqlite3.connect(live, timeout=5)
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        c.close()
+    if symlink:
+        tmp = env.data / "rpo.db.link"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target.name)
+        tmp.replace(live)
+    else:
+        target.replace(live)
+
+
+@pytest.mark.parametrize("symlink", [True, False], ids=["symlink-swap", "file-rename"])
+def test_register_replaced_under_load(sample, symlink):
+    env, cases = sample
+    if symlink:  # rpo.db becomes a symlink to a generation file, as a sync tool may keep it
+        live = env.cfg.register_db
+        first = env.data / "rpo-gen0.db"
+        src = sqlite3.connect(live)
+        dst = sqlite3.connect(first)
+        src.backup(dst)
+        src.close()
+        dst.close()
+        for suffix in ("", "-wal", "-shm"):
+            (env.data / f"rpo.db{suffix}").unlink(missing_ok=True)
+        live.symlink_to(first.name)
+    server = Server(env.conf)
+    stop = threading.Event()
+    results = []
+
+    def caller(k):
+        i = 0
+        while not stop.is_set():
+            dialed, brand, caller_id = cases[(k * 7 + i) % len(cases)]
+            s = run_fastagi("127.0.0.1", server.port, "rpo_guard", [dialed, brand], _channel(i, dialed, caller_id))
+            results.append((s.agistatus, s.reason))
+            i += 1
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for generation in range(1, 6):
+            time.sleep(0.15)
+            _swap_register(env, generation, symlink)
+        time.sleep(0.15)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    try:
+        last = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "g5"])
+        assert (last.result, last.reason) == ("BLOCK", "internal_dnc")  # the newest file answers
+        old = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "g4"])
+        assert (old.result, old.reason) == ("BLOCK", "internal_dnc")    # it holds every generation
+    finally:
+        assert server.stop() == 0
+    assert len(results) >= 20
+    assert [r for r in results if r != ("SUCCESS", r[1]) or r[1] == "error"] == []
+    assert " errors=0 " in server.stderr and not env.failures.exists()
+
+
+def test_sigterm_with_calls_in_flight_loses_no_row(sample):
+    env, cases = sample
+    server = Server(env.conf)
+    results = []
+
+    def caller(i):
+        dialed, brand, caller_id = cases[i % len(cases)]
+        # the caller's peer answers slowly, so the sessions are in flight when SIGTERM comes
+        s = run_fastagi("127.0.0.1", server.port, "rpo_guard", [dialed, brand], _channel(i, dialed, caller_id),
+                        answer_delay=0.3)
+        results.append(s)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(0.25)
+    server.send(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    assert server.stop() == 0
+    answered = [s for s in results if s.result]
+    assert len(answered) == 16  # every call in flight was finished, none cut
+    ids = {int(s.channel.variables["RPO_AUDIT_ID"]) for s in answered}
+    rows = {r["id"]: r for r in env.audit_rows() if r["via"] == "fastagi"}
+    assert ids <= set(rows) and len(rows) == 16
+    for s in answered:
+        row = rows[int(s.channel.variables["RPO_AUDIT_ID"])]
+        assert (row["decision"], row["reason"], row["uniqueid"]) == (s.result, s.reason, s.channel.uniqueid)
+    # after the drain the server is gone: the dialplan blocks (FAILURE)
+    after = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "Energia Uno"])
+    assert after.agistatus == "FAILURE" and not after.dialplan_allows
+
+
+def test_sighup_reopens_and_keeps_serving(sample, server):
+    env, _ = sample
+    server.send(signal.SIGHUP)
+    time.sleep(0.2)
+    s = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "Energia Uno"])
+    assert (s.agistatus, s.result, s.reason) == ("SUCCESS", "ALLOW", "not_registered")
+    assert server.proc.poll() is None
+
+
+def test_simulate_call_fastagi_cli(sample, server):
+    import subprocess
+    from fastagi_support import rpo_guard_bin
+
+    out = subprocess.run([rpo_guard_bin(), "simulate-call", "--quiet", "--fastagi", f"127.0.0.1:{server.port}",
+                          "3331234567", "--brand", "Energia Uno"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert out.stdout.strip() == "RPO_RESULT=BLOCK RPO_REASON=rpo_registered AGISTATUS=SUCCESS -> HANGUP(21)"
