@@ -122,7 +122,7 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "read_timeout_ms": (_milliseconds, "2000", "how long the server waits for the environment block or a response line"),
         "max_request_bytes": (_positive_int, "16384", "longest environment block or response line accepted"),
         "max_connections": (_positive_int, "1024", "sessions served at once; more are closed at once"),
-        "lookup_threads": (_positive_int, "2", "threads running register lookups (each with its own connection)"),
+        "lookup_threads": (_nonneg_int, "0", "0 = lookups in the event loop (fastest; bounded by SQLite's progress handler and busy timeout); N = in N threads (for storage that can stall)"),
         "drain_timeout_ms": (_milliseconds, "10000", "on SIGTERM, how long in-flight sessions may take to finish"),
     },
 }
@@ -146,7 +146,7 @@ class Config:
     read_timeout_ms: int = 2000
     max_request_bytes: int = 16384
     max_connections: int = 1024
-    lookup_threads: int = 2
+    lookup_threads: int = 0
     drain_timeout_ms: int = 10000
 
     @property

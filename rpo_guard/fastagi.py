@@ -10,18 +10,22 @@ builds the audit row, and the channel gets ``RPO_RESULT``, ``RPO_REASON`` and
 
 Design (asyncio, one event loop thread):
 
-* lookups run in ``lookup_threads`` worker threads, each with its own
-  long-lived read-only :class:`~rpo_guard.store.Store`; the session waits at
-  most ``deadline_ms`` for it and otherwise answers ``BLOCK``/``error`` (the
-  attempt is recorded all the same). A stuck lookup holds a thread, never the
-  loop.
+* lookups (25 us on a 20-million-number register) run in the loop thread by
+  default (``lookup_threads = 0``) on a long-lived read-only
+  :class:`~rpo_guard.store.Store`: SQLite's progress handler interrupts a
+  query once ``deadline_ms`` is past and the store's busy timeout is capped
+  at the deadline, so a lookup answers ``BLOCK``/``error`` in time (and is
+  recorded). With ``lookup_threads = N`` they run in N worker threads, each
+  with its own store, and the session stops waiting at the deadline whatever
+  the thread is stuck on (storage that can stall); this costs CPU per call
+  (GIL hand-offs).
 * the register is in WAL mode: imports committed in place are seen by the
   next read transaction of an open connection. A *replaced* file (new inode)
   is detected by ``stat`` before each lookup; the worker opens the new file
   and only then drops the old connection, so no lookup ever fails on a swap.
   If the new file cannot be opened yet, the old connection keeps answering.
-* audit rows go to one writer thread that commits them in batches
-  (``AuditLog.append_many``: one transaction for all rows waiting). The session
+* audit rows are group-committed (:class:`AuditWriter`: one
+  ``AuditLog.append_many`` transaction for all rows waiting). The session
   answers once its row is committed, so ``RPO_AUDIT_ID`` is the row id, as in
   the process AGI, and an attempt that cannot be recorded is refused
   (``BLOCK``/``error``), as there.
@@ -47,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import queue
 import signal
 import sys
 import threading
@@ -69,15 +72,15 @@ class ProtocolError(Exception):
 def parse_env(block: bytes) -> dict[str, str]:
     """The environment block (``key: value`` lines, then an empty line) as a dict."""
     env: dict[str, str] = {}
-    text = block.decode("utf-8", "replace")
-    for line in text.split("\n"):
-        line = line.rstrip("\r")
+    for line in block.decode("utf-8", "replace").split("\n"):
         if not line:
             continue
-        key, sep, value = line.partition(":")
-        if not sep or not key.startswith("agi_") or not key.replace("_", "").isalnum():
+        key, sep, value = line.partition(": ")
+        if not sep:  # "agi_x:" with nothing after it
+            key, sep, value = line.rstrip("\r").partition(":")
+        if not sep or not key.startswith("agi_") or not key.isidentifier():
             raise ProtocolError(f"not an AGI environment line: {line[:80]!r}")
-        env[key] = value[1:] if value.startswith(" ") else value
+        env[key] = value.rstrip("\r")
     if "agi_request" not in env:
         raise ProtocolError("environment block without agi_request")
     return env
@@ -138,7 +141,10 @@ class _RegisterReader:
         if ident is None and self.store is not None:
             return self.store  # the file is being replaced: keep the one we have
         try:
-            new = Store(path, cfg.busy_timeout_ms)
+            # in the loop a lock wait must not outlast the deadline; a worker thread is
+            # abandoned at the deadline anyway and may wait the configured time
+            busy = cfg.busy_timeout_ms if cfg.lookup_threads else min(cfg.busy_timeout_ms, cfg.deadline_ms)
+            new = Store(path, busy)
         except Exception as exc:
             message = f"register database: {type(exc).__name__}: {exc}"
             if message != self.last_error:
@@ -161,99 +167,84 @@ class _RegisterReader:
         return new
 
 
-_STOP = object()
-
-
 class AuditWriter:
-    """One thread that commits audit rows in batches and hands back their ids."""
+    """Group commit of audit rows, in the event loop.
 
-    def __init__(self, cfg, loop: asyncio.AbstractEventLoop, batch_max: int = 2000):
+    A session queues its row and waits; one flush per loop iteration writes
+    every row queued so far in one transaction (``AuditLog.append_many``) and
+    hands each session its row id. Rows that arrive while a commit runs go
+    into the next one, so the batches grow with the load. (A writer thread
+    was tried first: its GIL hand-offs with the loop thread cost more CPU per
+    call than the writes themselves.)
+    """
+
+    def __init__(self, cfg, loop: asyncio.AbstractEventLoop):
         self.cfg = cfg
         self.loop = loop
-        self.batch_max = batch_max
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: list = []
+        self._scheduled = False
         self._reopen = False
+        self._log = None
         self.written = 0
         self.failed = 0
-        self._thread = threading.Thread(target=self._run, name="rpo-guard-audit", daemon=True)
-        self._thread.start()
+        self.batches = 0
 
     def submit(self, row: dict) -> asyncio.Future:
         fut = self.loop.create_future()
-        self._q.put((row, fut))
+        self._pending.append((row, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
         return fut
 
     def reopen(self) -> None:
         self._reopen = True
 
-    def close(self, timeout: float | None = None) -> None:
-        """Write every row queued so far, then stop the thread."""
-        self._q.put(_STOP)
-        self._thread.join(timeout)
+    def flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        if batch:
+            self._write(batch)
 
-    def _run(self) -> None:
-        log = None
-        stopping = False
-        while True:
-            try:
-                item = self._q.get(timeout=0.2) if stopping else self._q.get()
-            except queue.Empty:
-                break  # stopping and nothing more came: done
-            batch = [item]
-            while len(batch) < self.batch_max:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            if any(i is _STOP for i in batch):
-                stopping = True
-                batch = [i for i in batch if i is not _STOP]
-            if batch:
-                log = self._write(log, batch)
-        if log is not None:
-            log.close()
+    def close(self) -> None:
+        """Write every row queued so far, then close the log."""
+        self.flush()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
-    def _write(self, log, batch):
+    def _write(self, batch) -> None:
         from .audit_log import AuditLog
 
         rows = [row for row, _ in batch]
-        ids, error = None, None
         try:
-            if log is not None and self._reopen:
+            if self._log is not None and self._reopen:
                 self._reopen = False
-                log.close()
-                log = None
-            if log is None:
-                log = AuditLog(self.cfg.audit_db, file_mode=self.cfg.file_mode)
-            ids = log.append_many(rows)
-            self.written += len(rows)
+                self._log.close()
+                self._log = None
+            if self._log is None:
+                self._log = AuditLog(self.cfg.audit_db, file_mode=self.cfg.file_mode)
+            ids = self._log.append_many(rows)
         except Exception as exc:
-            error = exc
             self.failed += len(rows)
             for row in rows:  # an attempt that cannot be recorded is kept in the failure log
                 log_failure(f"audit log unwritable ({type(exc).__name__}: {exc}); attempt: {row!r}",
                             self.cfg.log_file)
-            if log is not None:
+            if self._log is not None:
                 try:
-                    log.close()
+                    self._log.close()
                 except Exception:
                     pass
-            log = None
-        try:
-            self.loop.call_soon_threadsafe(self._resolve, [f for _, f in batch], ids, error)
-        except RuntimeError:
-            pass  # the loop is gone (shutdown): the rows are written, nobody waits
-        return log
-
-    @staticmethod
-    def _resolve(futures, ids, error) -> None:
-        for i, fut in enumerate(futures):
-            if fut.done():
-                continue
-            if error is not None:
-                fut.set_exception(RuntimeError(f"{type(error).__name__}: {error}"))
-            else:
-                fut.set_result(ids[i])
+                self._log = None
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(RuntimeError(f"{type(exc).__name__}: {exc}"))
+            return
+        self.written += len(rows)
+        self.batches += 1
+        for (_, fut), row_id in zip(batch, ids):
+            if not fut.done():
+                fut.set_result(row_id)
 
 
 class FastAGIServer:
@@ -273,9 +264,10 @@ class FastAGIServer:
         self._stopping: asyncio.Event | None = None
         self.audit: AuditWriter | None = None
         self._refused_logged: set = set()
+        self._peer_cache: dict = {}
 
     # ---- lookups (worker threads) -------------------------------------------------
-    def _lookup(self, dialed: str, brand: str) -> Outcome:
+    def _lookup(self, dialed: str, brand: str, deadline_at: float | None = None) -> Outcome:
         reader = getattr(self._tls, "reader", None)
         if reader is None:
             reader = self._tls.reader = _RegisterReader(self)
@@ -283,6 +275,9 @@ class FastAGIServer:
             store = reader.get()
         except Exception:
             store = None  # logged by the reader; check_call answers BLOCK/error
+        if store is not None and deadline_at is not None:
+            # SQLite itself gives up (OperationalError: interrupted) once the deadline is past
+            store.conn.set_progress_handler(lambda: time.monotonic() > deadline_at, 2000)
         return check_call(self.cfg, store, dialed, brand)
 
     def _warm(self) -> None:
@@ -295,19 +290,37 @@ class FastAGIServer:
             pass
 
     async def check(self, dialed: str, brand: str) -> Outcome:
+        deadline_at = time.monotonic() + self.deadline
+        if self._pool is None:  # lookup_threads = 0: in the loop, bounded by SQLite's progress handler
+            outcome = self._lookup(dialed, brand, deadline_at)
+            if time.monotonic() <= deadline_at:
+                return outcome
+            return self._late()
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, self._lookup, dialed, brand)
+        fut = loop.run_in_executor(self._pool, self._lookup, dialed, brand, deadline_at)
         try:
             async with asyncio.timeout(self.deadline):
                 return await fut
         except TimeoutError:
-            self.stats.deadline_exceeded += 1
-            from zoneinfo import ZoneInfo
-            return Outcome(error_verdict(f"lookup deadline of {self.cfg.deadline_ms} ms exceeded"), None,
-                           datetime.now(ZoneInfo(self.cfg.timezone)))
+            return self._late()
+
+    def _late(self) -> Outcome:
+        self.stats.deadline_exceeded += 1
+        from zoneinfo import ZoneInfo
+        return Outcome(error_verdict(f"lookup deadline of {self.cfg.deadline_ms} ms exceeded"), None,
+                       datetime.now(ZoneInfo(self.cfg.timezone)))
 
     # ---- one session --------------------------------------------------------------
     def _peer_allowed(self, peer) -> bool:
+        addr = peer[0] if isinstance(peer, tuple) else peer
+        known = self._peer_cache.get(addr)
+        if known is None:
+            known = self._peer_cache[addr] = self._check_peer(addr)
+            if len(self._peer_cache) > 10000:
+                self._peer_cache.clear()
+        return known
+
+    def _check_peer(self, peer) -> bool:
         try:
             ip = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else peer)
         except (ValueError, TypeError, IndexError):
@@ -422,9 +435,13 @@ class FastAGIServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self._pool = ThreadPoolExecutor(max_workers=self.cfg.lookup_threads, thread_name_prefix="rpo-guard-lookup")
-        await asyncio.gather(*(loop.run_in_executor(self._pool, self._warm)
-                               for _ in range(self.cfg.lookup_threads)))
+        if self.cfg.lookup_threads:
+            self._pool = ThreadPoolExecutor(max_workers=self.cfg.lookup_threads,
+                                            thread_name_prefix="rpo-guard-lookup")
+            await asyncio.gather(*(loop.run_in_executor(self._pool, self._warm)
+                                   for _ in range(self.cfg.lookup_threads)))
+        else:
+            self._warm()
         self.audit = AuditWriter(self.cfg, loop)
         host, port = self.listen
         self._server = await asyncio.start_server(self._handle, host, port, limit=self.cfg.max_request_bytes,
@@ -448,9 +465,9 @@ class FastAGIServer:
             await asyncio.wait(set(self._sessions), timeout=self.cfg.drain_timeout_ms / 1000)
         for task in list(self._sessions):
             task.cancel()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.audit.close)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.audit.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def serve(cfg, listen=None, ready=None, install_signals: bool = True) -> Stats:

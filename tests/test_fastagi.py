@@ -341,3 +341,33 @@ def test_simulate_call_fastagi_cli(sample, server):
                           "3331234567", "--brand", "Energia Uno"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert out.stdout.strip() == "RPO_RESULT=BLOCK RPO_REASON=rpo_registered AGISTATUS=SUCCESS -> HANGUP(21)"
+
+
+@pytest.mark.parametrize("threads", [0, 2], ids=["in-loop", "threads"])
+def test_lookup_past_deadline_blocks_and_is_recorded(sample, threads):
+    env, _ = sample
+    env.write_config(f"[store]\nbusy_timeout_ms = 5000\n[fastagi]\ndeadline_ms = 100\nlookup_threads = {threads}\n")
+    c = sqlite3.connect(env.cfg.register_db)
+    c.execute("PRAGMA journal_mode = DELETE")  # rollback mode: an exclusive lock stops readers
+    c.close()
+    server = Server(env.conf)
+    try:
+        ok = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "Energia Uno"])
+        assert (ok.result, ok.reason) == ("ALLOW", "not_registered")
+        lock = sqlite3.connect(env.cfg.register_db, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            s = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "Energia Uno"])
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert (s.agistatus, s.result, s.reason, s.dialplan_allows) == ("SUCCESS", "BLOCK", "error", False)
+        row = [r for r in env.audit_rows() if r["id"] == int(s.channel.variables["RPO_AUDIT_ID"])][0]
+        assert (row["decision"], row["reason"], row["via"]) == ("BLOCK", "error", "fastagi")
+        # in the loop SQLite gives up at the deadline; a worker thread is abandoned at it
+        assert ("locked" if threads == 0 else "deadline of 100 ms exceeded") in row["detail"]
+        again = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "Energia Uno"])
+        assert (again.result, again.reason) == ("ALLOW", "not_registered")  # the server recovered
+    finally:
+        assert server.stop() == 0
+    assert "blocked on error" in env.failures.read_text()

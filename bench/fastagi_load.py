@@ -1,0 +1,252 @@
+"""FastAGI load: `rpo-guard serve` against a trivial FastAGI echo server, same run.
+
+    python bench/fastagi_load.py [--numbers 20000000] [--seconds 3] [--concurrency 1,16,64]
+
+Builds (once, cached in --data-dir) a register of N consulted numbers with plain
+sqlite3 inserts into the rpo.db schema, starts `rpo-guard serve` and an echo
+server (same protocol handling, same three SET VARIABLE commands, no lookup, no
+audit) as separate processes, and drives each with a load generator that
+speaks FastAGI as Asterisk does (rpo_guard.harness: environment block with
+agi_network, one response per command, trailing HANGUP). Prints checks/s and
+p50/p99 latency (connect -> server closes its side) per concurrency, and the
+ratios against the echo server measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rpo_guard.harness import Channel, CommandEngine, encode_env  # noqa: E402
+
+BRAND = "Energia Uno"
+
+
+# ---------------------------------------------------------------------------- register
+def build_register(data: Path, numbers: int) -> None:
+    from datetime import date, datetime, timezone
+
+    from rpo_guard.audit_log import AuditLog
+    from rpo_guard.schema import open_db
+
+    db_path = data / "rpo.db"
+    marker = data / f"built-{numbers}"
+    if marker.exists() and db_path.exists():
+        return
+    data.mkdir(parents=True, exist_ok=True)
+    for p in data.glob("rpo.db*"):
+        p.unlink()
+    t0 = time.perf_counter()
+    open_db(db_path).close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    today = date.today().isoformat()
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO batches (id, kind, source_file, sha256, shape, rows, consulted_on, brand, "
+                 "valid_until, imported_by, imported_at) VALUES (1, 'consultation', 'bench', '', 'status', ?, ?, "
+                 "'', ?, 'bench', ?)", (numbers, today, today, datetime.now(timezone.utc).isoformat()))
+
+    def rows():
+        for i in range(numbers):  # mobile numbers 3xx xxxxxxx in order: index-friendly inserts
+            yield (f"+393{i:09d}", 1, i % 5 == 0, None)
+
+    conn.executemany("INSERT INTO consultations (number, batch_id, registered, registration_date) "
+                     "VALUES (?, ?, ?, ?)", rows())
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    AuditLog(data / "audit.db").close()
+    marker.touch()
+    print(f"register: {numbers:,} numbers built in {time.perf_counter() - t0:.1f} s ({db_path})", flush=True)
+
+
+# ---------------------------------------------------------------------------- echo server
+async def _echo_session(reader, writer):
+    """What any FastAGI server does per call, and nothing more: read and parse the
+    environment block (a server must, to get its arguments), send the three SET
+    VARIABLE commands one at a time, half-close, read to the end."""
+    from rpo_guard.fastagi import parse_env
+    try:
+        async with asyncio.timeout(2):
+            parse_env(await reader.readuntil(b"\n\n"))
+        for name, value in (("RPO_RESULT", "ALLOW"), ("RPO_REASON", "not_registered"), ("RPO_AUDIT_ID", "1")):
+            writer.write(f'SET VARIABLE "{name}" "{value}"\n'.encode())
+            async with asyncio.timeout(2):
+                while True:
+                    line = await reader.readline()
+                    if not line.endswith(b"\n"):
+                        raise ConnectionError
+                    if line != b"HANGUP\n":
+                        break
+        writer.write_eof()
+        async with asyncio.timeout(2):
+            while await reader.read(4096):
+                pass
+        writer.close()
+    except Exception:
+        writer.transport.abort()
+
+
+async def _echo_main():
+    server = await asyncio.start_server(_echo_session, "127.0.0.1", 0, backlog=1024)
+    print(f"echo listening on 127.0.0.1:{server.sockets[0].getsockname()[1]}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+
+
+# ---------------------------------------------------------------------------- load generator
+class AsteriskSide(asyncio.Protocol):
+    """One FastAGI call as Asterisk makes it (environment block, one answer per
+    command through the harness's CommandEngine, HANGUP once the server closes)."""
+
+    def __init__(self, port: int, number: str, i: int, done: asyncio.Future):
+        self.channel = Channel(extension=number[3:], uniqueid=f"1795339{i}.{i}")
+        self.engine = CommandEngine(self.channel)
+        self.env = encode_env(self.channel.env_block(f"agi://127.0.0.1:{port}/rpo_guard", [number, BRAND],
+                                                     network_script="rpo_guard"))
+        self.done = done
+        self.buf = b""
+        self.t0 = time.perf_counter()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(self.env)
+
+    def data_received(self, data):
+        self.buf += data
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            self.transport.write(self.engine.handle(line.decode()).encode())
+
+    def eof_received(self):
+        elapsed = time.perf_counter() - self.t0
+        self.transport.write(b"HANGUP\n")
+        self.transport.close()
+        v = self.channel.variables
+        if not self.done.done():
+            if v.get("RPO_RESULT") in ("ALLOW", "BLOCK") and v.get("RPO_REASON") not in (None, "error"):
+                self.done.set_result(elapsed)
+            else:
+                self.done.set_exception(RuntimeError(f"bad answer: {v}"))
+        return True
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"lost: {exc}"))
+
+
+async def one_call(port: int, number: str, i: int) -> float:
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    t0 = time.perf_counter()
+    await loop.create_connection(lambda: AsteriskSide(port, number, i, done), "127.0.0.1", port)
+    await done
+    return time.perf_counter() - t0
+
+
+async def load(port: int, concurrency: int, seconds: float, numbers: int):
+    rng = random.Random(concurrency)
+    lat: list[float] = []
+    errors = 0
+    end = time.perf_counter() + seconds
+    counter = 0
+
+    async def worker():
+        nonlocal errors, counter
+        while time.perf_counter() < end:
+            counter += 1
+            number = f"+393{rng.randrange(numbers):09d}"
+            try:
+                lat.append(await one_call(port, number, counter))
+            except Exception:
+                errors += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    return len(lat), lat, errors, wall
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(proc, port: int, concurrency: int, seconds: float, numbers: int) -> dict:
+    asyncio.run(load(port, min(concurrency, 4), 0.3, numbers))  # warm-up
+    cpu0 = cpu_seconds(proc.pid)
+    n, lat, errors, wall = asyncio.run(load(port, concurrency, seconds, numbers))
+    cpu = cpu_seconds(proc.pid) - cpu0
+    lat.sort()
+    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [lat[0]] * 99
+    return {"rate": n / wall, "p50": q[49] * 1000, "p99": q[98] * 1000, "n": n, "errors": errors,
+            "cpu_us": cpu / max(n, 1) * 1e6}
+
+
+def start(cmd: list[str], env: dict, marker: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    if marker not in line:
+        proc.kill()
+        raise SystemExit(f"{cmd[0]} did not start: {line}{proc.stderr.read()}")
+    return proc, int(line.split("127.0.0.1:")[1].split()[0])
+
+
+def main() -> None:
+    if "--echo-server" in sys.argv:
+        asyncio.run(_echo_main())
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--numbers", type=int, default=int(os.environ.get("RPO_BENCH_NUMBERS", 20_000_000)))
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="where the register is built and kept (default: a folder under the temp dir)")
+    args = ap.parse_args([a for a in sys.argv[1:]])
+    data = args.data_dir or Path(tempfile.gettempdir()) / f"rpo-guard-bench-{args.numbers}"
+    build_register(data, args.numbers)
+    conf = data / "rpo-guard.conf"
+    conf.write_text(f"[paths]\ndata_dir = {data}\nlog_file = {data / 'failures.log'}\n" + os.environ.get("RPO_BENCH_EXTRA_CONF", ""))
+    env = dict(os.environ, RPO_GUARD_CONFIG=str(conf))
+    rpo_guard = str(Path(sys.executable).parent / "rpo-guard")
+    ours, our_port = start([rpo_guard, "serve", "--listen", "127.0.0.1:0"], env, "listening on")
+    echo, echo_port = start([sys.executable, __file__, "--echo-server"], env, "echo listening")
+    print(f"FastAGI load, {args.numbers:,}-number register, {args.seconds:g} s per point, "
+          f"{os.cpu_count()} CPUs (generator, server and echo share them)")
+    print(f"{'conc':>4} | {'rpo-guard/s':>11} {'p50 ms':>6} {'p99 ms':>6} {'cpu us':>6} | {'echo/s':>7} "
+          f"{'p50 ms':>6} {'p99 ms':>6} {'cpu us':>6} | {'rate':>5} {'p50':>5} {'p99':>5} {'cpu':>5}  (ratios echo:ours)")
+    try:
+        for c in [int(x) for x in args.concurrency.split(",")]:
+            e = measure(echo, echo_port, c, args.seconds, args.numbers)
+            o = measure(ours, our_port, c, args.seconds, args.numbers)
+            print(f"{c:>4} | {o['rate']:>11,.0f} {o['p50']:>6.2f} {o['p99']:>6.2f} {o['cpu_us']:>6.0f} | "
+                  f"{e['rate']:>7,.0f} {e['p50']:>6.2f} {e['p99']:>6.2f} {e['cpu_us']:>6.0f} | "
+                  f"{e['rate'] / o['rate']:>5.2f} {o['p50'] / e['p50']:>5.2f} {o['p99'] / e['p99']:>5.2f} "
+                  f"{o['cpu_us'] / e['cpu_us']:>5.2f}"
+                  + (f"  errors: ours {o['errors']} echo {e['errors']}" if o["errors"] or e["errors"] else ""),
+                  flush=True)
+    finally:
+        for p in (ours, echo):
+            p.send_signal(signal.SIGTERM)
+        ours.wait(60)
+        echo.wait(10)
+    print("cpu us = server CPU (all threads) per call; ratios: rate = echo/ours checks/s, p50/p99/cpu = ours/echo "
+          "(per-call cost target <= 1.3); targets: >= 5,000 checks/s, p99 <= 2 ms")
+
+
+if __name__ == "__main__":
+    main()
