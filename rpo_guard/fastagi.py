@@ -293,7 +293,7 @@ class FastAGIServer:
         deadline_at = time.monotonic() + self.deadline
         if self._pool is None:  # lookup_threads = 0: in the loop, bounded by SQLite's progress handler
             outcome = self._lookup(dialed, brand, deadline_at)
-            if time.monotonic() <= deadline_at:
+            if time.monotonic() <= deadline_at or outcome.verdict.reason == "error":
                 return outcome
             return self._late()
         loop = asyncio.get_running_loop()
