@@ -24,8 +24,9 @@ Design (asyncio, one event loop thread):
   is detected by ``stat`` before each lookup; the worker opens the new file
   and only then drops the old connection, so no lookup ever fails on a swap.
   If the new file cannot be opened yet, the old connection keeps answering.
-* audit rows are group-committed (:class:`AuditWriter`: one
-  ``AuditLog.append_many`` transaction for all rows waiting). The session
+* audit rows are group-committed by a writer thread (:class:`AuditWriter`:
+  one ``AuditLog.append_many`` transaction for all rows waiting, one commit
+  in flight at a time). The session
   answers once its row is committed, so ``RPO_AUDIT_ID`` is the row id, as in
   the process AGI, and an attempt that cannot be recorded is refused
   (``BLOCK``/``error``), as there.
@@ -168,14 +169,14 @@ class _RegisterReader:
 
 
 class AuditWriter:
-    """Group commit of audit rows, in the event loop.
+    """Group commit of audit rows, one commit at a time, in a writer thread.
 
-    A session queues its row and waits; one flush per loop iteration writes
-    every row queued so far in one transaction (``AuditLog.append_many``) and
-    hands each session its row id. Rows that arrive while a commit runs go
-    into the next one, so the batches grow with the load. (A writer thread
-    was tried first: its GIL hand-offs with the loop thread cost more CPU per
-    call than the writes themselves.)
+    A session queues its row and waits. When no commit is running, every row
+    queued so far goes to the writer thread as one ``AuditLog.append_many``
+    transaction; rows that arrive meanwhile wait for the next one, so batches
+    grow with the load and the loop never waits for the disk. The thread is
+    handed whole batches (one wake-up per commit, not per row): per-row
+    hand-offs cost more CPU in GIL switches than the writes themselves.
     """
 
     def __init__(self, cfg, loop: asyncio.AbstractEventLoop):
@@ -183,8 +184,10 @@ class AuditWriter:
         self.loop = loop
         self._pending: list = []
         self._scheduled = False
+        self._busy = False
         self._reopen = False
         self._log = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rpo-guard-audit")
         self.written = 0
         self.failed = 0
         self.batches = 0
@@ -192,31 +195,58 @@ class AuditWriter:
     def submit(self, row: dict) -> asyncio.Future:
         fut = self.loop.create_future()
         self._pending.append((row, fut))
-        if not self._scheduled:
+        if not self._busy and not self._scheduled:
             self._scheduled = True
-            self.loop.call_soon(self.flush)
+            self.loop.call_soon(self._kick)
         return fut
 
     def reopen(self) -> None:
         self._reopen = True
 
-    def flush(self) -> None:
+    def _kick(self) -> None:
         self._scheduled = False
+        if self._busy or not self._pending:
+            return
         batch, self._pending = self._pending, []
-        if batch:
-            self._write(batch)
+        self._busy = True
+        cf = self._thread.submit(self._write, [row for row, _ in batch])
+        cf.add_done_callback(lambda f: self._call_in_loop(self._done, batch, f))
 
-    def close(self) -> None:
-        """Write every row queued so far, then close the log."""
-        self.flush()
+    def _call_in_loop(self, fn, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass  # the loop is gone: the rows are written, nobody waits
+
+    def _done(self, batch, cf) -> None:
+        self._busy = False
+        ids, error = cf.result()
+        for i, (_, fut) in enumerate(batch):
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(RuntimeError(error))
+            else:
+                fut.set_result(ids[i])
+        self._kick()
+
+    async def close(self) -> None:
+        """Write every row queued so far, then close the log and the thread."""
+        while self._busy:
+            await asyncio.sleep(0.005)
+        if self._pending:
+            batch, self._pending = self._pending, []
+            ids, error = self._write([row for row, _ in batch])
+            self._done(batch, _Done((ids, error)))
         if self._log is not None:
             self._log.close()
             self._log = None
+        self._thread.shutdown(wait=True)
 
-    def _write(self, batch) -> None:
+    def _write(self, rows):
+        """In the writer thread (or the loop, at close): (ids, None) or (None, error text)."""
         from .audit_log import AuditLog
 
-        rows = [row for row, _ in batch]
         try:
             if self._log is not None and self._reopen:
                 self._reopen = False
@@ -236,15 +266,18 @@ class AuditWriter:
                 except Exception:
                     pass
                 self._log = None
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(RuntimeError(f"{type(exc).__name__}: {exc}"))
-            return
+            return None, f"{type(exc).__name__}: {exc}"
         self.written += len(rows)
         self.batches += 1
-        for (_, fut), row_id in zip(batch, ids):
-            if not fut.done():
-                fut.set_result(row_id)
+        return ids, None
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
 
 
 class FastAGIServer:
@@ -465,7 +498,7 @@ class FastAGIServer:
             await asyncio.wait(set(self._sessions), timeout=self.cfg.drain_timeout_ms / 1000)
         for task in list(self._sessions):
             task.cancel()
-        self.audit.close()
+        await self.audit.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
