@@ -8,9 +8,9 @@ commands one at a time. The session is the process AGI's, on the same code:
 builds the audit row, and the channel gets ``RPO_RESULT``, ``RPO_REASON`` and
 ``RPO_AUDIT_ID`` with the same ``SET VARIABLE "NAME" "VALUE"`` bytes pyst2 sends.
 
-Design (asyncio, one event loop thread):
+Design (asyncio: one event loop thread, plus the audit writer thread):
 
-* lookups (25 us on a 20-million-number register) run in the loop thread by
+* lookups (about 30 us on a 20-million-number register) run in the loop thread by
   default (``lookup_threads = 0``) on a long-lived read-only
   :class:`~rpo_guard.store.Store`: SQLite's progress handler interrupts a
   query once ``deadline_ms`` is past and the store's busy timeout is capped
@@ -525,10 +525,5 @@ async def serve(cfg, listen=None, ready=None, install_signals: bool = True) -> S
 
 
 def run_server(cfg, listen=None) -> int:
-    try:
-        import uvloop  # optional: a faster event loop when installed
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    runner(serve(cfg, listen))
+    asyncio.run(serve(cfg, listen))
     return 0

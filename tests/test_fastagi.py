@@ -371,3 +371,21 @@ def test_lookup_past_deadline_blocks_and_is_recorded(sample, threads):
     finally:
         assert server.stop() == 0
     assert "blocked on error" in env.failures.read_text()
+
+
+@pytest.mark.parametrize("line, key", [("listen = localhost:4573", "listen"), ("listen = 127.0.0.1", "listen"),
+                                       ("allowed_peers = 10.0.0.300", "allowed_peers"),
+                                       ("allowed_peers = ,", "allowed_peers"), ("deadline_ms = 0", "deadline_ms"),
+                                       ("lookup_threads = -1", "lookup_threads")])
+def test_bad_fastagi_settings_are_named(env, line, key):
+    from rpo_guard import config as config_mod
+    env.write_config(f"[fastagi]\n{line}\n")
+    with pytest.raises(config_mod.ConfigError, match=rf"\[fastagi\] {key} = "):
+        env.cfg
+
+
+def test_settings_parse(env):
+    import ipaddress
+    env.write_config("[fastagi]\nlisten = [::1]:0\nallowed_peers = 10.0.0.0/8, 127.0.0.1\n")
+    assert env.cfg.listen == ("::1", 0)
+    assert ipaddress.ip_address("10.2.3.4") in env.cfg.allowed_peers[0]
