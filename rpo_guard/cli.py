@@ -49,7 +49,7 @@ def init(ctx):
     from .schema import open_db
 
     cfg = ctx.cfg
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    os.makedirs(cfg.data_dir, exist_ok=True)
     open_db(cfg.register_db, cfg.file_mode).close()
     AuditLog(cfg.audit_db, file_mode=cfg.file_mode).close()
     click.echo(f"register: {cfg.register_db}\naudit:    {cfg.audit_db}")

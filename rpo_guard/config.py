@@ -9,8 +9,7 @@ or key, or a bad value, is a :class:`ConfigError` naming file, section and key.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from collections import namedtuple
 
 DEFAULT_PATH = "/etc/rpo-guard/rpo-guard.conf"
 ENV_VAR = "RPO_GUARD_CONFIG"
@@ -89,32 +88,26 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "timezone": (_timezone, "Europe/Rome", "zone whose calendar dates the rules use"),
     },
     "store": {
-        "busy_timeout_ms": (_milliseconds, "200", "how long a lookup or audit write waits for a lock before failing closed"),
+        "busy_timeout_ms": (_milliseconds, "200", "how long a lookup waits for a lock before failing closed (BLOCK/error)"),
+        "audit_busy_timeout_ms": (_milliseconds, "2000", "how long an audit write waits for other writers before failing closed"),
         "file_mode": (_octal_mode, "0640", "permissions of databases the tool creates"),
     },
 }
 
 
-@dataclass(frozen=True)
-class Config:
-    path: str | None
-    data_dir: Path
-    log_file: str
-    default_region: str
-    strip_prefixes: tuple[str, ...]
-    validity_days: int
-    contract_grace_days: int
-    timezone: str
-    busy_timeout_ms: int
-    file_mode: int
+class Config(namedtuple("Config", ["path"] + [k for keys in SETTINGS.values() for k in keys])):
+    """The loaded settings, one attribute per key of SETTINGS, plus ``path``
+    (None when the built-in defaults apply). Paths are plain strings: pathlib
+    costs milliseconds to import on the per-call path."""
+    __slots__ = ()
 
     @property
-    def register_db(self) -> Path:
-        return self.data_dir / "rpo.db"
+    def register_db(self) -> str:
+        return os.path.join(self.data_dir, "rpo.db")
 
     @property
-    def audit_db(self) -> Path:
-        return self.data_dir / "audit.db"
+    def audit_db(self) -> str:
+        return os.path.join(self.data_dir, "audit.db")
 
     @property
     def policy(self):
@@ -167,7 +160,6 @@ def load(explicit: str | None = None) -> Config:
             except (ValueError, LookupError) as exc:
                 where = f"{path}: [{section}] {key}" if path else f"[{section}] {key}"
                 raise ConfigError(f"{where} = {text!r}: {exc}") from None
-    values["data_dir"] = Path(values["data_dir"])
     return Config(path=path, **values)
 
 

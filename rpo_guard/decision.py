@@ -7,7 +7,7 @@ store, the AGI, the FastAGI server, the CLI) gather the facts and hand them to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import namedtuple
 from datetime import date, timedelta
 
 ALLOW = "ALLOW"
@@ -40,57 +40,56 @@ KIND_OPTOUT = "optout"
 CONSENT_KINDS = frozenset({KIND_CONSENT, KIND_REVOCATION, KIND_CONTRACT, KIND_OPTOUT})
 
 
-@dataclass(frozen=True)
-class Consultation:
-    """One consultation result for the number (one row of one batch)."""
-    batch_id: int
-    consulted_on: date
-    registered: bool
-    brand: str = ""                       # "" = consulted for every brand (shared)
-    registration_date: date | None = None  # only when the result provides it
+class Consultation(namedtuple("Consultation", "batch_id consulted_on registered brand registration_date",
+                              defaults=("", None))):
+    """One consultation result for the number (one row of one batch).
+
+    ``consulted_on`` a date; ``registered`` a bool; ``brand`` "" when the
+    register was consulted for every brand (shared); ``registration_date``
+    only when the result provides it.
+    """
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class ConsentEvent:
-    """One consent-log record for the number and the call's brand (or all brands)."""
-    id: int
-    kind: str                 # consent | revocation | contract | optout
-    given_at: date            # contract: its start
-    brand: str = ""           # "" only for an optout that covers every brand
-    ends_at: date | None = None  # contract end / consent expiry; None = open
-    evidence: str = ""
+class ConsentEvent(namedtuple("ConsentEvent", "id kind given_at brand ends_at evidence",
+                              defaults=("", None, ""))):
+    """One consent-log record for the number and the call's brand.
+
+    ``kind``: consent | revocation | contract | optout. ``given_at`` a date
+    (a contract's start). ``brand`` "" only for an optout that covers every
+    brand. ``ends_at``: contract end or consent expiry; None = open.
+    """
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class DncEntry:
-    id: int
-    brand: str = ""  # "" = global
-    reason: str = ""
+class DncEntry(namedtuple("DncEntry", "id brand reason", defaults=("", ""))):
+    """One internal do-not-contact entry; ``brand`` "" = every brand."""
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Policy:
-    validity_days: int = 15        # a consultation is valid this many days, its own day included
-    contract_grace_days: int = 30  # a contract still allows calls this long after it ended
+class Policy(namedtuple("Policy", "validity_days contract_grace_days", defaults=(15, 30))):
+    """``validity_days``: a consultation is valid this many days, its own day
+    included. ``contract_grace_days``: a contract still allows calls this long
+    after it ended."""
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class CallFacts:
-    """Everything the decision needs, gathered by an adapter."""
-    today: date                               # the call's date in Europe/Rome
-    e164: str | None                          # None when the dialed string is not a valid number
-    brand: str = ""
-    consultations: tuple[Consultation, ...] = ()  # for the brand or shared, any order
-    consents: tuple[ConsentEvent, ...] = ()       # for the brand, or optouts for all brands
-    dnc: tuple[DncEntry, ...] = ()                # global or for the brand
+class CallFacts(namedtuple("CallFacts", "today e164 brand consultations consents dnc",
+                           defaults=("", (), (), ()))):
+    """Everything the decision needs, gathered by an adapter.
+
+    ``today`` the call's date in Europe/Rome; ``e164`` None when the dialed
+    string is not a valid number; ``consultations`` for the brand or shared;
+    ``consents`` for the brand, or optouts for every brand; ``dnc`` global or
+    for the brand. Tuples, in any order.
+    """
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Verdict:
-    decision: str
-    reason: str
-    basis: dict = field(default_factory=dict)  # what decided: batch, consent, DNC entry...
-    detail: str = ""
+class Verdict(namedtuple("Verdict", "decision reason basis detail", defaults=("",))):
+    """ALLOW or BLOCK, one reason code, and what decided (``basis``: the
+    consultation batch, consent or DNC entry, as a dict for the audit row)."""
+    __slots__ = ()
 
     @property
     def allowed(self) -> bool:

@@ -6,18 +6,17 @@ failure becomes ``BLOCK``/``error`` with the cause in ``detail``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 from datetime import datetime
 
 from .decision import CallFacts, Verdict, decide, error_verdict
 from .numbers import InvalidNumber, candidate_e164, normalize
 
 
-@dataclass(frozen=True)
-class Outcome:
-    verdict: Verdict
-    e164: str | None
-    at: datetime          # when the check ran, in the rules' timezone
+class Outcome(namedtuple("Outcome", "verdict e164 at")):
+    """The verdict, the E.164 number (None if invalid) and when the check ran
+    (an aware datetime in the rules' timezone)."""
+    __slots__ = ()
 
 
 def resolve_number(store, raw: str, cfg) -> str | None:

@@ -10,18 +10,17 @@ consultation, a global do-not-contact entry, an opt-out from everyone).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 SCHEMA_VERSION = 1
 
 
-def open_db(path: Path, mode: int = 0o640):
+def open_db(path, mode: int = 0o640):
     """Open (creating if needed) the register database, schema applied."""
     import sqlite_utils
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.exists(path)
     db = sqlite_utils.Database(path)
     db.conn.execute("PRAGMA busy_timeout = 5000")
     if new:

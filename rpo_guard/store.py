@@ -8,10 +8,9 @@ schema, lock held past the timeout) raises :class:`StoreError` or
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import date
-from pathlib import Path
-from urllib.parse import quote
 
 from .decision import CallFacts, ConsentEvent, Consultation, DncEntry
 from .schema import SCHEMA_VERSION
@@ -33,17 +32,22 @@ WHERE number = ? AND (brand = ? OR (brand = '' AND kind = 'optout'))
 _DNC = "SELECT id, brand, reason FROM dnc WHERE number = ? AND brand IN ('', ?) AND removed_at IS NULL"
 
 
+def _uri_path(path: str) -> str:
+    """The path as a file: URI path (only %, ? and # are special there)."""
+    return os.path.abspath(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
 def _day(text: str | None) -> date | None:
     return date.fromisoformat(text) if text else None
 
 
 class Store:
-    def __init__(self, path: Path, busy_timeout_ms: int = 200):
-        path = Path(path)
-        if not path.is_file():
+    def __init__(self, path: str, busy_timeout_ms: int = 200):
+        path = os.fspath(path)
+        if not os.path.isfile(path):
             raise StoreError(f"{path}: register database not found")
         self.path = path
-        self.conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True,
+        self.conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True,
                                     timeout=busy_timeout_ms / 1000, check_same_thread=False,
                                     isolation_level=None)
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
