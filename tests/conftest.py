@@ -99,3 +99,14 @@ def env(tmp_path, monkeypatch) -> Env:
 def days(n: int) -> str:
     """An ISO date n days before today (Europe/Rome)."""
     return (today_rome() - timedelta(days=n)).isoformat()
+
+
+# Fuzzing budget: a bounded profile by default (CI), a long one on demand:
+#   HYPOTHESIS_PROFILE=long ./dev test tests/test_fuzz.py
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("long", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
