@@ -53,6 +53,12 @@ def agi(env, args, block=None, channel=None):
 def test_agi_arguments(fuzz_env, number, brand):
     number = number.replace("\x00", "")
     s = agi(fuzz_env, [number, brand])
+    if "\n" in number + brand:
+        # Asterisk writes arguments raw into the environment block: a newline
+        # ends the block early and the script reads garbage as answers. It
+        # must then fail (AGISTATUS=FAILURE), which the dialplan blocks.
+        assert not s.dialplan_allows
+        return
     assert s.agistatus == "SUCCESS" and s.exit_code == 0
     try:
         e164 = normalize(number)
