@@ -110,7 +110,7 @@ def run(argv: list[str]) -> int:
             from .store import Store
             store = Store(cfg.register_db, cfg.busy_timeout_ms)
         except Exception as exc:
-            log_failure(f"register database: {type(exc).__name__}: {exc}", log_file)
+            log_failure(f"register database {cfg.register_db}: {type(exc).__name__}: {exc}", log_file)
         outcome = check_call(cfg, store, dialed, brand)
         if store is not None:
             store.close()
