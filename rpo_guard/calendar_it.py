@@ -37,10 +37,14 @@ def national_holidays(year: int) -> dict[date, str]:
     """
     import holidays
 
-    out = dict(holidays.country_holidays("IT", years=year).items())
+    return with_san_francesco(year, dict(holidays.country_holidays("IT", years=year).items()))
+
+
+def with_san_francesco(year: int, days: dict[date, str]) -> dict[date, str]:
+    """``days`` with 4 October added from 2026 if missing (Legge 151/2025)."""
     if year >= SAN_FRANCESCO_FROM:
-        out.setdefault(date(year, 10, 4), SAN_FRANCESCO)
-    return out
+        days.setdefault(date(year, 10, 4), SAN_FRANCESCO)
+    return days
 
 
 def package_version() -> str:
