@@ -259,8 +259,8 @@ def _caller_id_problem(facts: CallFacts) -> Verdict | None:
                   "are declared for this brand", **basis)
 
 
-def _outside_hours(facts: CallFacts, policy: Policy) -> Verdict | None:
-    when = facts.when
+def calling_hours_problem(when: CallTime | None, policy: Policy = Policy()) -> Verdict | None:
+    """The BLOCK of the calling-hours rule for a call at ``when``, or None when it may go."""
     if when is None:
         return _block(OUTSIDE_CALLING_HOURS, "the time of the call is not known", kind="calling_hours")
     local = when.local
@@ -342,7 +342,7 @@ def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
         return verdict
     if policy.caller_id_check and (verdict := _caller_id_problem(facts)) is not None:
         return verdict
-    if policy.calling_hours and (verdict := _outside_hours(facts, policy)) is not None:
+    if policy.calling_hours and (verdict := calling_hours_problem(facts.when, policy)) is not None:
         return verdict
 
     if brand:

@@ -306,3 +306,15 @@ def test_agi_outside_calling_hours_on_the_real_clock(data):
     row = env.audit_rows()[-1]
     assert row["reason"] == "outside_calling_hours" and "local holiday" in row["detail"]
     assert datetime.fromisoformat(row["at"]).utcoffset() == datetime.now(ROME).utcoffset()
+
+
+def test_demo_shows_the_conduct_rules(tmp_path):
+    """The demo's new rows (clock-free: after the first call, the demo turns calling hours off when closed)."""
+    r = CliRunner().invoke(cli, ["demo", "--data-dir", str(tmp_path / "demo")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    lines = {ln.split("#")[1].strip(): ln for ln in r.output.splitlines() if "  # " in ln}
+    assert "BLOCK      caller_id_not_allowed" in lines[
+        "the same free number with a hidden caller ID (Code of conduct)"]
+    assert "BLOCK      silent_call_cooldown" in lines["not registered but a silent call 3 days ago: 7-day cool-down"]
+    assert "ALLOW      callback_request" in lines["registered; the person asked Telco Due to call back"]
+    assert "BLOCK      rpo_registered" in lines["registered and no consent"]  # the same number, Energia Uno
