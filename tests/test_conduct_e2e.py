@@ -17,7 +17,7 @@ from rpo_guard import config as config_mod
 from rpo_guard.cli import cli
 from rpo_guard.harness import Channel, run_process_agi
 
-from .conftest import ROME, agi_path, days, today_rome
+from conftest import ROME, agi_path, days, today_rome
 
 REGISTERED = "3331234567"
 FREE = "0612345678"
