@@ -72,6 +72,48 @@ def _milliseconds(v: str) -> int:
     return n
 
 
+def _switch(v: str) -> bool:
+    w = v.strip().lower()
+    if w in ("on", "yes", "true", "1"):
+        return True
+    if w in ("off", "no", "false", "0"):
+        return False
+    raise ValueError("must be on or off")
+
+
+def _window(v: str):
+    """``HH:MM-HH:MM`` -> (start, end) times; the end is excluded."""
+    import re
+    from datetime import time
+    try:
+        a, b = (part.strip() for part in v.split("-"))
+        if not (re.fullmatch(r"\d\d:\d\d", a) and re.fullmatch(r"\d\d:\d\d", b)):
+            raise ValueError
+        start, end = time.fromisoformat(a), time.fromisoformat(b)
+    except ValueError:
+        raise ValueError("must be HH:MM-HH:MM") from None
+    if not start < end:
+        raise ValueError("the start must be before the end")
+    return start, end
+
+
+def _local_holidays(v: str) -> tuple[str, ...]:
+    """Comma list of ``MM-DD`` (every year) or ``YYYY-MM-DD`` (that day only)."""
+    from datetime import date
+    out = []
+    for item in (p.strip() for p in v.split(",")):
+        if not item:
+            continue
+        try:
+            date.fromisoformat(item if len(item) == 10 else f"2024-{item}")  # 2024: 02-29 exists
+        except ValueError:
+            raise ValueError(f"{item!r} is not MM-DD or YYYY-MM-DD") from None
+        if len(item) not in (5, 10):
+            raise ValueError(f"{item!r} is not MM-DD or YYYY-MM-DD")
+        out.append(item)
+    return tuple(out)
+
+
 # section -> key -> (parser, default text, meaning)
 SETTINGS: dict[str, dict[str, tuple]] = {
     "paths": {
@@ -86,6 +128,19 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "validity_days": (_positive_int, "15", "days a consultation stays valid, its own day included (DPR 26/2022 art. 8(2))"),
         "contract_grace_days": (_nonneg_int, "30", "days a contract still allows calls after it ended"),
         "timezone": (_timezone, "Europe/Rome", "zone whose calendar dates the rules use"),
+    },
+    "conduct": {
+        "calling_hours": (_switch, "on", "refuse calls outside the Code of conduct's calling hours (Europe/Rome)"),
+        "weekday_hours": (_window, "09:00-20:00", "calling window Monday to Friday, end excluded"),
+        "reduced_hours": (_window, "10:00-19:00", "calling window on Saturdays and on days before a holiday, end excluded"),
+        "local_holidays": (_local_holidays, "", "extra holidays (patron saints), comma list of MM-DD or YYYY-MM-DD: "
+                                                  "no calls that day, reduced hours the day before"),
+        "caller_id_check": (_switch, "on", "refuse calls whose caller ID is hidden, undeclared for the brand, "
+                                            "or not an Italian geographic, mobile, 0843 or 0844 number"),
+        "silent_call_days": (_positive_int, "7", "after a silent call on day D the number is refused up to D + this "
+                                                  "many days (Garante, 20 Feb 2014: at least 7)"),
+        "callback_days": (_positive_int, "7", "a callback_request allows calls from its brand this many days, "
+                                               "its own day included"),
     },
     "store": {
         "busy_timeout_ms": (_milliseconds, "200", "how long a lookup waits for a lock before failing closed (BLOCK/error)"),
@@ -112,7 +167,10 @@ class Config(namedtuple("Config", ["path"] + [k for keys in SETTINGS.values() fo
     @property
     def policy(self):
         from .decision import Policy
-        return Policy(validity_days=self.validity_days, contract_grace_days=self.contract_grace_days)
+        return Policy(validity_days=self.validity_days, contract_grace_days=self.contract_grace_days,
+                      calling_hours=self.calling_hours, weekday_window=self.weekday_hours,
+                      reduced_window=self.reduced_hours, caller_id_check=self.caller_id_check,
+                      silent_call_days=self.silent_call_days, callback_days=self.callback_days)
 
 
 def resolve_path(explicit: str | None) -> tuple[str, bool]:

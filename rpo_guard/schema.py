@@ -5,7 +5,8 @@ the per-call reader is :mod:`rpo_guard.store`, on the stdlib driver.
 
 Conventions: dates are ISO ``YYYY-MM-DD`` calendar dates in the rules'
 timezone (Europe/Rome); a brand of ``''`` means "every brand" (a shared
-consultation, a global do-not-contact entry, an opt-out from everyone).
+consultation, a global do-not-contact entry, an opt-out from everyone, a
+caller ID declared for every brand).
 """
 from __future__ import annotations
 
@@ -26,7 +27,19 @@ def open_db(path, mode: int = 0o640):
     if new:
         os.chmod(path, mode)
     ensure_schema(db)
+    refresh_holidays(db)
     return db
+
+
+def refresh_holidays(db) -> None:
+    """Keep the holiday cache of the calling-hours rule filled (rpo_guard.calendar_it)."""
+    from datetime import date
+
+    from .calendar_it import cache_years, refresh_cache
+    try:
+        refresh_cache(db.conn, cache_years(date.today()))
+    except ImportError:
+        pass  # no holidays package: each call computes (and fails closed) on its own
 
 
 def ensure_schema(db) -> None:
@@ -60,4 +73,22 @@ def ensure_schema(db) -> None:
         }, pk="id", not_null={"number", "added_at"}, defaults={"brand": ""}, if_not_exists=True)
         db["dnc"].create_index(["number", "brand"], if_not_exists=True)
         db.conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS dnc_active ON dnc(number, brand) WHERE removed_at IS NULL")
+        # Conduct-code rules (issue 6).
+        db["caller_ids"].create({
+            "id": int, "number": str, "brand": str, "note": str,
+            "added_by": str, "added_at": str, "removed_by": str, "removed_at": str,
+        }, pk="id", not_null={"number", "added_at"}, defaults={"brand": ""}, if_not_exists=True)
+        db["caller_ids"].create_index(["brand", "number"], if_not_exists=True)
+        db.conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS caller_ids_active ON caller_ids(number, brand)"
+                        " WHERE removed_at IS NULL")
+        db["silent_calls"].create({
+            "id": int, "number": str, "brand": str, "at": str, "on_day": str,
+            "uniqueid": str, "source": str, "recorded_by": str, "recorded_at": str,
+        }, pk="id", not_null={"number", "at", "on_day", "recorded_at"}, defaults={"brand": ""},
+            if_not_exists=True)
+        db["silent_calls"].create_index(["number", "on_day"], if_not_exists=True)
+        db["holidays"].create({"day": str, "year": int, "name": str}, pk="day",
+                              not_null={"year", "name"}, if_not_exists=True)
+        db["holiday_years"].create({"year": int, "source": str}, pk="year", not_null={"source"},
+                                   if_not_exists=True)
         db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -7,6 +7,8 @@ from rpo_guard.decision import (ALLOW, BLOCK, CallFacts, ConsentEvent, Consultat
                                 decide, registration_date)
 
 T = date(2026, 11, 25)
+# The register rules alone: the conduct-code rules (clock, caller ID) are tested in test_conduct_*.
+BASE = Policy(calling_hours=False, caller_id_check=False)
 N = "+393331234567"
 
 
@@ -24,7 +26,7 @@ def e(kind, days_ago, brand="B", ends_days_ago=None, id=1):
                         ends_at=None if ends_days_ago is None else d(ends_days_ago))
 
 
-def run(consultations=(), consents=(), dnc=(), brand="B", e164=N, policy=Policy()):
+def run(consultations=(), consents=(), dnc=(), brand="B", e164=N, policy=BASE):
     return decide(CallFacts(today=T, e164=e164, brand=brand, consultations=tuple(consultations),
                             consents=tuple(consents), dnc=tuple(dnc)), policy)
 
@@ -71,7 +73,7 @@ def test_contract_grace_period(ended, expected):
 
 
 def test_contract_grace_is_a_setting():
-    v = run([c(1, True)], [e("contract", 400, ends_days_ago=10)], policy=Policy(contract_grace_days=5))
+    v = run([c(1, True)], [e("contract", 400, ends_days_ago=10)], policy=BASE._replace(contract_grace_days=5))
     assert v.reason == "rpo_registered"
 
 
@@ -98,8 +100,8 @@ def test_validity_window_includes_the_consultation_day(age, expected):
 
 
 def test_validity_window_is_a_setting():
-    assert run([c(7, False)], policy=Policy(validity_days=7)).reason == "consultation_expired"
-    assert run([c(6, False)], policy=Policy(validity_days=7)).reason == "not_registered"
+    assert run([c(7, False)], policy=BASE._replace(validity_days=7)).reason == "consultation_expired"
+    assert run([c(6, False)], policy=BASE._replace(validity_days=7)).reason == "not_registered"
 
 
 def test_newest_consultation_decides():
