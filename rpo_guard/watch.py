@@ -38,7 +38,6 @@ class Inbox:
         self.log = log
         self.who = who
         self.queue: queue.Queue = queue.Queue()
-        self.first_seen: dict[str, float] = {}
         self.stop = threading.Event()
         for d in (self.folder, self.done, self.quarantine):
             d.mkdir(parents=True, exist_ok=True)
@@ -77,15 +76,13 @@ class Inbox:
             target = quarantine(path, str(exc), self.quarantine)
             return self._say(f"quarantined {path.name} -> {target}: {exc}")
         if man is None:
-            first = self.first_seen.setdefault(str(path), time.monotonic())
-            if time.monotonic() - first < self.cfg.manifest_wait_seconds:
+            # the file's age, not the watcher's memory: `watch --once` from cron decides the same
+            if time.time() - path.stat().st_mtime < self.cfg.manifest_wait_seconds:
                 return None  # the manifest may still be on its way
             target = quarantine(path, f"{path}: no manifest {path.name}{MANIFEST_SUFFIX} arrived within "
                                       f"{self.cfg.manifest_wait_seconds} s (it gives the consultation date)",
                                 self.quarantine)
-            self.first_seen.pop(str(path), None)
             return self._say(f"quarantined {path.name} -> {target}: no manifest")
-        self.first_seen.pop(str(path), None)
         sent = man.get("sent")
         try:
             result = import_file(self.cfg, path, who=self.who)

@@ -20,9 +20,6 @@ from rpo_guard.cli import cli
 from rpo_guard.store import Store
 from rpo_guard.sync import ImportFailed, import_consents, import_consultation, import_dnc, import_file
 
-YESTERDAY = None
-
-
 def d(n=1):
     return today_rome() - timedelta(days=n)
 
@@ -329,7 +326,8 @@ def test_watcher_rescan_once_and_missing_manifest(env):
     box = Inbox(env.cfg, inbox, log=lambda s: None)
     box.run(once=True)
     assert (inbox / "x.csv").exists()  # waits for its manifest
-    box.first_seen[str(inbox / "x.csv")] -= 5
+    old = time.time() - 5
+    os.utime(inbox / "x.csv", (old, old))
     box.run(once=True)
     assert (inbox / "quarantine" / "x.csv").exists() and (inbox / ".hidden.csv").exists()
     assert "no manifest" in (inbox / "quarantine" / "x.csv.reason.txt").read_text()
