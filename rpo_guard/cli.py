@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 import sys
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -112,45 +112,6 @@ def check(ctx, number, brand, at_text, caller_id, as_json):
     sys.exit(0 if v.allowed else 1)
 
 
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a date YYYY-MM-DD", param_hint="--date") from None
-
-
-@cli.command("import-consultation")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--date", "date_text", required=True, metavar="YYYY-MM-DD", help="the day the register was consulted")
-@click.option("--brand", default="", help="the operator account the register was consulted on (default: shared)")
-@pass_ctx
-def import_consultation(ctx, file, date_text, brand):
-    """Import a consultation result (CSV with number and status columns)."""
-    from .sync import ImportFailed
-    from .sync import import_consultation as do_import
-
-    try:
-        result = do_import(ctx.cfg, file, _date(date_text), brand)
-    except ImportFailed as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(result.message)
-
-
-@cli.command("import-consents")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@pass_ctx
-def import_consents(ctx, file):
-    """Import the consent log (CSV: number, brand, kind, given_at, ends_at, channel, evidence)."""
-    from .sync import ImportFailed
-    from .sync import import_consents as do_import
-
-    try:
-        result = do_import(ctx.cfg, file)
-    except ImportFailed as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(result.message)
-
-
 @cli.group()
 def dnc():
     """The internal do-not-contact list (global or per brand)."""
@@ -253,6 +214,14 @@ from .cli_conduct import caller_id as _caller_id, holidays_cmd as _holidays, sil
 cli.add_command(_caller_id)
 cli.add_command(_silent_call)
 cli.add_command(_holidays)
+
+from .cli_sync import dnc_import, import_consents, import_consultation, status, watch  # noqa: E402
+
+cli.add_command(import_consultation)
+cli.add_command(import_consents)
+cli.add_command(status)
+cli.add_command(watch)
+dnc.add_command(dnc_import)
 
 
 def main() -> None:

@@ -114,6 +114,63 @@ def _local_holidays(v: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _observer(v: str) -> str:
+    v = v.strip().lower()
+    if v not in ("auto", "polling"):
+        raise ValueError("must be auto or polling")
+    return v
+
+
+def _encoding(v: str) -> str:
+    import codecs
+    v = v.strip().lower()
+    if v != "auto":
+        codecs.lookup(v)  # LookupError for an unknown codec
+    return v
+
+
+def _delimiter(v: str) -> str:
+    v = v.strip()
+    named = {"auto": "auto", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+    if v.lower() in named:
+        return named[v.lower()]
+    if len(v) != 1 or v.isalnum() or v in "\"'":
+        raise ValueError("must be auto, tab, comma, semicolon, pipe or one punctuation character")
+    return v
+
+
+def _header(v: str) -> str:
+    v = v.strip().lower()
+    if v not in ("auto", "yes", "no"):
+        raise ValueError("must be auto, yes or no")
+    return v
+
+
+def _words(v: str) -> tuple[str, ...]:
+    out = tuple(" ".join(w.lower().split()) for w in v.split(",") if w.strip())
+    if not out:
+        raise ValueError("needs at least one word")
+    return out
+
+
+# [source NAME] sections: how one sender's files are read (rpo_guard.sync.Source); NAME "default"
+# changes the defaults of every file. key -> (parser, default text, meaning)
+SOURCE_SETTINGS: dict[str, tuple] = {
+    "encoding": (_encoding, "auto", "auto (UTF-8, with or without BOM, else Latin-1), or a codec: utf-8, utf-8-sig, latin-1, cp1252"),
+    "delimiter": (_delimiter, "auto", "auto (the most frequent of , ; tab | in the first line), or tab, comma, semicolon, pipe, a character"),
+    "header": (_header, "auto", "auto (a first row whose number cell is not a number is a header), yes, no"),
+    "number_column": (_words, "number,numero,telefono,phone,msisdn,utenza,numero_telefono,cli",
+                      "header names of the number column (first match), or its 1-based position"),
+    "status_column": (_words, "status,stato,esito,result,iscritto", "header names of the status column, or its 1-based position"),
+    "registration_date_column": (_words, "registration_date,data_iscrizione", "optional column kept when present"),
+    "registered_words": (_words, "registered,iscritto,iscritta,opposto,opposizione,bloccato,blocked,optout,1,si,sì,yes,y,s,true",
+                         "status words meaning the number is on the register"),
+    "not_registered_words": (_words, "not_registered,not registered,non iscritto,non_iscritto,non iscritta,libero,cleared,callable,"
+                             "contattabile,0,no,n,false",
+                             "status words meaning the number is not on the register"),
+}
+
+
 # section -> key -> (parser, default text, meaning)
 SETTINGS: dict[str, dict[str, tuple]] = {
     "paths": {
@@ -142,6 +199,12 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "callback_days": (_positive_int, "7", "a callback_request allows calls from its brand this many days, "
                                                "its own day included"),
     },
+    "sync": {
+        "inbox": (_str, "", "folder `rpo-guard watch` imports from (done/ and quarantine/ inside it); empty = <data_dir>/inbox"),
+        "rescan_seconds": (_positive_int, "60", "period of the watcher's full rescan of the inbox (catches missed events)"),
+        "manifest_wait_seconds": (_positive_int, "600", "how long the watcher waits for a file's manifest before quarantining it"),
+        "observer": (_observer, "auto", "watcher backend: auto (inotify where available), polling (NFS/CIFS)"),
+    },
     "store": {
         "busy_timeout_ms": (_milliseconds, "200", "how long a lookup waits for a lock before failing closed (BLOCK/error)"),
         "audit_busy_timeout_ms": (_milliseconds, "2000", "how long an audit write waits for other writers before failing closed"),
@@ -150,11 +213,20 @@ SETTINGS: dict[str, dict[str, tuple]] = {
 }
 
 
-class Config(namedtuple("Config", ["path"] + [k for keys in SETTINGS.values() for k in keys])):
-    """The loaded settings, one attribute per key of SETTINGS, plus ``path``
-    (None when the built-in defaults apply). Paths are plain strings: pathlib
-    costs milliseconds to import on the per-call path."""
+class Config(namedtuple("Config", ["path"] + [("inbox_dir" if k == "inbox" else k)
+                                            for keys in SETTINGS.values() for k in keys] + ["sources"])):
+    """The loaded settings, one attribute per key of SETTINGS (``[sync] inbox``
+    is ``inbox_dir``), plus ``path`` (None when the built-in defaults apply)
+    and ``sources`` (name -> {key: parsed value}, from ``[source NAME]``).
+    Paths are plain strings: pathlib costs milliseconds to import on the
+    per-call path."""
     __slots__ = ()
+
+    @property
+    def inbox(self):
+        """The watched inbox folder (a Path; not used on the per-call path)."""
+        from pathlib import Path
+        return Path(self.inbox_dir) if self.inbox_dir else Path(self.data_dir) / "inbox"
 
     @property
     def register_db(self) -> str:
@@ -203,7 +275,22 @@ def load(explicit: str | None = None) -> Config:
         raise ConfigError(f"{path}: {exc}".replace("\n", " ")) from None
 
     values = {}
+    sources: dict[str, dict] = {}
     for section in parser.sections():
+        if section.startswith("source "):
+            name = section[len("source "):].strip()
+            if not name:
+                raise ConfigError(f"{path}: [{section}] needs a name, e.g. [source fub]")
+            parsed = sources.setdefault(name, {})
+            for key in parser[section]:
+                if key not in SOURCE_SETTINGS:
+                    raise ConfigError(f"{path}: [{section}] unknown key {key!r} (known: {', '.join(SOURCE_SETTINGS)})")
+                text = parser[section][key]
+                try:
+                    parsed[key] = SOURCE_SETTINGS[key][0](text)
+                except (ValueError, LookupError) as exc:
+                    raise ConfigError(f"{path}: [{section}] {key} = {text!r}: {exc}") from None
+            continue
         if section not in SETTINGS:
             raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(SETTINGS)})")
         for key in parser[section]:
@@ -218,7 +305,8 @@ def load(explicit: str | None = None) -> Config:
             except (ValueError, LookupError) as exc:
                 where = f"{path}: [{section}] {key}" if path else f"[{section}] {key}"
                 raise ConfigError(f"{where} = {text!r}: {exc}") from None
-    return Config(path=path, **values)
+    values["inbox_dir"] = values.pop("inbox")
+    return Config(path=path, sources=sources, **values)
 
 
 def settings_table() -> str:
@@ -227,4 +315,6 @@ def settings_table() -> str:
     for section, keys in SETTINGS.items():
         for key, (_p, default, doc) in keys.items():
             rows.append(f"| `[{section}]` | `{key}` | `{default}` | {doc} |")
+    for key, (_p, default, doc) in SOURCE_SETTINGS.items():
+        rows.append(f"| `[source NAME]` | `{key}` | `{default}` | {doc} |")
     return "\n".join(rows)

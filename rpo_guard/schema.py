@@ -55,11 +55,19 @@ def ensure_schema(db) -> None:
             "id": int, "kind": str, "source_file": str, "sha256": str, "shape": str, "rows": int,
             "consulted_on": str, "brand": str, "valid_until": str,
             "imported_by": str, "imported_at": str,
-        }, pk="id", not_null={"kind", "imported_at"}, defaults={"brand": ""}, if_not_exists=True)
-        db["consultations"].create({
-            "number": str, "batch_id": int, "registered": int, "registration_date": str,
-        }, pk=("number", "batch_id"), foreign_keys=[("batch_id", "batches", "id")],
-            not_null={"number", "batch_id", "registered"}, if_not_exists=True)
+            # sync (issue 3): outcome of every attempt, failures included, for `rpo-guard status`
+            "status": str, "error": str, "registered": int, "encoding": str,
+            "sent_file": str, "sent_sha256": str, "seconds": float,
+        }, pk="id", not_null={"kind", "imported_at", "status"}, defaults={"brand": "", "status": "ok"},
+            if_not_exists=True)
+        db["batches"].create_index(["sha256", "kind"], if_not_exists=True)
+        # WITHOUT ROWID: one b-tree keyed by (number, batch_id) instead of a table plus an index;
+        # a lookup is one seek and a 10M-row import writes half the pages.
+        db.conn.execute(
+            "CREATE TABLE IF NOT EXISTS consultations ("
+            " number TEXT NOT NULL, batch_id INTEGER NOT NULL REFERENCES batches(id),"
+            " registered INTEGER NOT NULL, registration_date TEXT,"
+            " PRIMARY KEY (number, batch_id)) WITHOUT ROWID")
         db["consents"].create({
             "id": int, "number": str, "brand": str, "kind": str,
             "given_at": str, "given_on": str, "ends_at": str, "ends_on": str,
@@ -70,6 +78,7 @@ def ensure_schema(db) -> None:
         db["dnc"].create({
             "id": int, "number": str, "brand": str, "reason": str,
             "added_by": str, "added_at": str, "removed_by": str, "removed_at": str,
+            "source_file": str, "source_line": int, "batch_id": int,
         }, pk="id", not_null={"number", "added_at"}, defaults={"brand": ""}, if_not_exists=True)
         db["dnc"].create_index(["number", "brand"], if_not_exists=True)
         db.conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS dnc_active ON dnc(number, brand) WHERE removed_at IS NULL")
