@@ -1,5 +1,9 @@
 """The process AGI: ``rpo-guard-agi [--config PATH] NUMBER [BRAND [CALLERID]]``.
 
+The caller ID checked is ``agi_callerid`` (CALLERID(num)) unless the third
+argument gives the number the call will present; ``agi_callingpres`` showing
+a restricted presentation makes it hidden either way (rpo_guard.callerid).
+
 Asterisk starts it once per call (``AGI(${RPO_GUARD_AGI},${NUMBER},${BRAND})``).
 It reads the environment block through pyst2, decides, records the attempt in
 the audit log, then sets ``RPO_RESULT`` (ALLOW or BLOCK), ``RPO_REASON`` (the
@@ -103,8 +107,10 @@ def run(argv: list[str]) -> int:
             from .store import Store
             store = Store(cfg.register_db, cfg.busy_timeout_ms)
         except Exception as exc:
-            log_failure(f"register database: {type(exc).__name__}: {exc}", log_file)
-        outcome = check_call(cfg, store, dialed, brand)
+            log_failure(f"register database {cfg.register_db}: {type(exc).__name__}: {exc}", log_file)
+        caller_id = callerid_arg if callerid_arg is not None else env.get("agi_callerid", "")
+        outcome = check_call(cfg, store, dialed, brand, caller_id=caller_id,
+                             callingpres=env.get("agi_callingpres", ""))
         if store is not None:
             store.close()
     verdict = outcome.verdict
@@ -117,7 +123,7 @@ def run(argv: list[str]) -> int:
         if cfg is None:
             raise RuntimeError("no configuration, no audit log")
         from .audit_log import AuditLog
-        log = AuditLog(cfg.audit_db, file_mode=cfg.file_mode)
+        log = AuditLog(cfg.audit_db, cfg.audit_busy_timeout_ms, cfg.file_mode)
         try:
             audit_id = str(log.append(row))
         finally:

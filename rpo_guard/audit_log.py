@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from pathlib import Path
 
 AUDIT_SCHEMA_VERSION = 1
 
@@ -45,10 +44,10 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 
 
 class AuditLog:
-    def __init__(self, path: Path, busy_timeout_ms: int = 2000, file_mode: int = 0o640):
-        path = Path(path)
-        new = not path.exists()
-        self.conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000,
+    def __init__(self, path: str, busy_timeout_ms: int = 2000, file_mode: int = 0o640):
+        path = os.fspath(path)
+        new = not os.path.exists(path)
+        self.conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000,
                                     isolation_level=None, check_same_thread=False)
         if new:
             try:

@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 import sys
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -49,7 +49,7 @@ def init(ctx):
     from .schema import open_db
 
     cfg = ctx.cfg
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    os.makedirs(cfg.data_dir, exist_ok=True)
     open_db(cfg.register_db, cfg.file_mode).close()
     AuditLog(cfg.audit_db, file_mode=cfg.file_mode).close()
     click.echo(f"register: {cfg.register_db}\naudit:    {cfg.audit_db}")
@@ -70,24 +70,28 @@ def _parse_at(text: str | None, tz: str) -> datetime | None:
 @click.argument("number")
 @click.option("--brand", default="", help="the brand (data controller) the call is made for")
 @click.option("--at", "at_text", metavar="ISO8601", help="decide as of this moment (what-if); default now")
+@click.option("--caller-id", "caller_id", default=None, metavar="NUMBER",
+              help="the caller ID the call would present (without it the caller-ID rule is not checked)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @pass_ctx
-def check(ctx, number, brand, at_text, as_json):
+def check(ctx, number, brand, at_text, caller_id, as_json):
     """Decide one number as the AGI would, without recording an attempt.
 
     Exit status: 0 ALLOW, 1 BLOCK, 2 usage or configuration error.
     """
+
     from .guard import check_call
     from .store import Store
 
     cfg = ctx.cfg
     at = _parse_at(at_text, cfg.timezone)
+    policy = cfg.policy if caller_id is not None else cfg.policy._replace(caller_id_check=False)
     store = None
     try:
         store = Store(cfg.register_db, cfg.busy_timeout_ms)
     except Exception as exc:
         store_error = exc
-    outcome = check_call(cfg, store, number, brand, at)
+    outcome = check_call(cfg, store, number, brand, at, caller_id=caller_id, policy=policy)
     v = outcome.verdict
     if store is None and v.reason == "error":
         v = type(v)(v.decision, v.reason, v.basis, f"{type(store_error).__name__}: {store_error}")
@@ -95,53 +99,17 @@ def check(ctx, number, brand, at_text, as_json):
         click.echo(json.dumps({
             "decision": v.decision, "reason": v.reason, "number": outcome.e164, "dialed": number,
             "brand": brand, "at": outcome.at.isoformat(timespec="seconds"), "detail": v.detail,
-            "basis": v.basis}, sort_keys=True))
+            "basis": v.basis, "caller_id": caller_id,
+            "caller_id_checked": caller_id is not None and cfg.caller_id_check}, sort_keys=True))
     else:
         click.echo(f"{v.decision} {v.reason}  {outcome.e164 or number!r}" + (f"  brand={brand}" if brand else ""))
         if v.detail:
             click.echo(f"  why: {v.detail}")
         if v.basis:
             click.echo("  on:  " + ", ".join(f"{k}={val}" for k, val in v.basis.items()))
+        if caller_id is None and cfg.caller_id_check:
+            click.echo("  note: caller ID not checked (give --caller-id to check it as the AGI does)")
     sys.exit(0 if v.allowed else 1)
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a date YYYY-MM-DD", param_hint="--date") from None
-
-
-@cli.command("import-consultation")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--date", "date_text", required=True, metavar="YYYY-MM-DD", help="the day the register was consulted")
-@click.option("--brand", default="", help="the operator account the register was consulted on (default: shared)")
-@pass_ctx
-def import_consultation(ctx, file, date_text, brand):
-    """Import a consultation result (CSV with number and status columns)."""
-    from .sync import ImportFailed
-    from .sync import import_consultation as do_import
-
-    try:
-        result = do_import(ctx.cfg, file, _date(date_text), brand)
-    except ImportFailed as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(result.message)
-
-
-@cli.command("import-consents")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@pass_ctx
-def import_consents(ctx, file):
-    """Import the consent log (CSV: number, brand, kind, given_at, ends_at, channel, evidence)."""
-    from .sync import ImportFailed
-    from .sync import import_consents as do_import
-
-    try:
-        result = do_import(ctx.cfg, file)
-    except ImportFailed as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(result.message)
 
 
 @cli.group()
@@ -249,6 +217,20 @@ def demo(data_dir):
     from .demo import run_demo
     run_demo(data_dir)
 
+
+from .cli_conduct import caller_id as _caller_id, holidays_cmd as _holidays, silent_call as _silent_call  # noqa: E402
+
+cli.add_command(_caller_id)
+cli.add_command(_silent_call)
+cli.add_command(_holidays)
+
+from .cli_sync import dnc_import, import_consents, import_consultation, status, watch  # noqa: E402
+
+cli.add_command(import_consultation)
+cli.add_command(import_consents)
+cli.add_command(status)
+cli.add_command(watch)
+dnc.add_command(dnc_import)
 
 from .cli_fastagi import serve  # noqa: E402
 

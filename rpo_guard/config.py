@@ -9,8 +9,7 @@ or key, or a bad value, is a :class:`ConfigError` naming file, section and key.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from collections import namedtuple
 
 DEFAULT_PATH = "/etc/rpo-guard/rpo-guard.conf"
 ENV_VAR = "RPO_GUARD_CONFIG"
@@ -96,6 +95,105 @@ def _milliseconds(v: str) -> int:
     return n
 
 
+def _switch(v: str) -> bool:
+    w = v.strip().lower()
+    if w in ("on", "yes", "true", "1"):
+        return True
+    if w in ("off", "no", "false", "0"):
+        return False
+    raise ValueError("must be on or off")
+
+
+def _window(v: str):
+    """``HH:MM-HH:MM`` -> (start, end) times; the end is excluded."""
+    import re
+    from datetime import time
+    try:
+        a, b = (part.strip() for part in v.split("-"))
+        if not (re.fullmatch(r"\d\d:\d\d", a) and re.fullmatch(r"\d\d:\d\d", b)):
+            raise ValueError
+        start, end = time.fromisoformat(a), time.fromisoformat(b)
+    except ValueError:
+        raise ValueError("must be HH:MM-HH:MM") from None
+    if not start < end:
+        raise ValueError("the start must be before the end")
+    return start, end
+
+
+def _local_holidays(v: str) -> tuple[str, ...]:
+    """Comma list of ``MM-DD`` (every year) or ``YYYY-MM-DD`` (that day only)."""
+    from datetime import date
+    out = []
+    for item in (p.strip() for p in v.split(",")):
+        if not item:
+            continue
+        try:
+            date.fromisoformat(item if len(item) == 10 else f"2024-{item}")  # 2024: 02-29 exists
+        except ValueError:
+            raise ValueError(f"{item!r} is not MM-DD or YYYY-MM-DD") from None
+        if len(item) not in (5, 10):
+            raise ValueError(f"{item!r} is not MM-DD or YYYY-MM-DD")
+        out.append(item)
+    return tuple(out)
+
+
+def _observer(v: str) -> str:
+    v = v.strip().lower()
+    if v not in ("auto", "polling"):
+        raise ValueError("must be auto or polling")
+    return v
+
+
+def _encoding(v: str) -> str:
+    import codecs
+    v = v.strip().lower()
+    if v != "auto":
+        codecs.lookup(v)  # LookupError for an unknown codec
+    return v
+
+
+def _delimiter(v: str) -> str:
+    v = v.strip()
+    named = {"auto": "auto", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+    if v.lower() in named:
+        return named[v.lower()]
+    if len(v) != 1 or v.isalnum() or v in "\"'":
+        raise ValueError("must be auto, tab, comma, semicolon, pipe or one punctuation character")
+    return v
+
+
+def _header(v: str) -> str:
+    v = v.strip().lower()
+    if v not in ("auto", "yes", "no"):
+        raise ValueError("must be auto, yes or no")
+    return v
+
+
+def _words(v: str) -> tuple[str, ...]:
+    out = tuple(" ".join(w.lower().split()) for w in v.split(",") if w.strip())
+    if not out:
+        raise ValueError("needs at least one word")
+    return out
+
+
+# [source NAME] sections: how one sender's files are read (rpo_guard.sync.Source); NAME "default"
+# changes the defaults of every file. key -> (parser, default text, meaning)
+SOURCE_SETTINGS: dict[str, tuple] = {
+    "encoding": (_encoding, "auto", "auto (UTF-8, with or without BOM, else Latin-1), or a codec: utf-8, utf-8-sig, latin-1, cp1252"),
+    "delimiter": (_delimiter, "auto", "auto (the most frequent of , ; tab | in the first line), or tab, comma, semicolon, pipe, a character"),
+    "header": (_header, "auto", "auto (a first row whose number cell is not a number is a header), yes, no"),
+    "number_column": (_words, "number,numero,telefono,phone,msisdn,utenza,numero_telefono,cli",
+                      "header names of the number column (first match), or its 1-based position"),
+    "status_column": (_words, "status,stato,esito,result,iscritto", "header names of the status column, or its 1-based position"),
+    "registration_date_column": (_words, "registration_date,data_iscrizione", "optional column kept when present"),
+    "registered_words": (_words, "registered,iscritto,iscritta,opposto,opposizione,bloccato,blocked,optout,1,si,sì,yes,y,s,true",
+                         "status words meaning the number is on the register"),
+    "not_registered_words": (_words, "not_registered,not registered,non iscritto,non_iscritto,non iscritta,libero,cleared,callable,"
+                             "contattabile,0,no,n,false",
+                             "status words meaning the number is not on the register"),
+}
+
+
 # section -> key -> (parser, default text, meaning)
 SETTINGS: dict[str, dict[str, tuple]] = {
     "paths": {
@@ -111,8 +209,28 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "contract_grace_days": (_nonneg_int, "30", "days a contract still allows calls after it ended"),
         "timezone": (_timezone, "Europe/Rome", "zone whose calendar dates the rules use"),
     },
+    "conduct": {
+        "calling_hours": (_switch, "on", "refuse calls outside the Code of conduct's calling hours (Europe/Rome)"),
+        "weekday_hours": (_window, "09:00-20:00", "calling window Monday to Friday, end excluded"),
+        "reduced_hours": (_window, "10:00-19:00", "calling window on Saturdays and on days before a holiday, end excluded"),
+        "local_holidays": (_local_holidays, "", "extra holidays (patron saints), comma list of MM-DD or YYYY-MM-DD: "
+                                                  "no calls that day, reduced hours the day before"),
+        "caller_id_check": (_switch, "on", "refuse calls whose caller ID is hidden, undeclared for the brand, "
+                                            "or not an Italian geographic, mobile, 0843 or 0844 number"),
+        "silent_call_days": (_positive_int, "7", "after a silent call on day D the number is refused up to D + this "
+                                                  "many days (Garante, 20 Feb 2014: at least 7)"),
+        "callback_days": (_positive_int, "7", "a callback_request allows calls from its brand this many days, "
+                                               "its own day included"),
+    },
+    "sync": {
+        "inbox": (_str, "", "folder `rpo-guard watch` imports from (done/ and quarantine/ inside it); empty = <data_dir>/inbox"),
+        "rescan_seconds": (_positive_int, "60", "period of the watcher's full rescan of the inbox (catches missed events)"),
+        "manifest_wait_seconds": (_positive_int, "600", "how long the watcher waits for a file's manifest before quarantining it"),
+        "observer": (_observer, "auto", "watcher backend: auto (inotify where available), polling (NFS/CIFS)"),
+    },
     "store": {
-        "busy_timeout_ms": (_milliseconds, "200", "how long a lookup or audit write waits for a lock before failing closed"),
+        "busy_timeout_ms": (_milliseconds, "200", "how long a lookup waits for a lock before failing closed (BLOCK/error)"),
+        "audit_busy_timeout_ms": (_milliseconds, "2000", "how long an audit write waits for other writers before failing closed"),
         "file_mode": (_octal_mode, "0640", "permissions of databases the tool creates"),
     },
     "fastagi": {
@@ -128,39 +246,36 @@ SETTINGS: dict[str, dict[str, tuple]] = {
 }
 
 
-@dataclass(frozen=True)
-class Config:
-    path: str | None
-    data_dir: Path
-    log_file: str
-    default_region: str
-    strip_prefixes: tuple[str, ...]
-    validity_days: int
-    contract_grace_days: int
-    timezone: str
-    busy_timeout_ms: int
-    file_mode: int
-    listen: tuple[str, int] = ("127.0.0.1", 4573)
-    allowed_peers: tuple = ()
-    deadline_ms: int = 500
-    read_timeout_ms: int = 2000
-    max_request_bytes: int = 16384
-    max_connections: int = 1024
-    lookup_threads: int = 0
-    drain_timeout_ms: int = 10000
+class Config(namedtuple("Config", ["path"] + [("inbox_dir" if k == "inbox" else k)
+                                            for keys in SETTINGS.values() for k in keys] + ["sources"])):
+    """The loaded settings, one attribute per key of SETTINGS (``[sync] inbox``
+    is ``inbox_dir``), plus ``path`` (None when the built-in defaults apply)
+    and ``sources`` (name -> {key: parsed value}, from ``[source NAME]``).
+    Paths are plain strings: pathlib costs milliseconds to import on the
+    per-call path."""
+    __slots__ = ()
 
     @property
-    def register_db(self) -> Path:
-        return self.data_dir / "rpo.db"
+    def inbox(self):
+        """The watched inbox folder (a Path; not used on the per-call path)."""
+        from pathlib import Path
+        return Path(self.inbox_dir) if self.inbox_dir else Path(self.data_dir) / "inbox"
 
     @property
-    def audit_db(self) -> Path:
-        return self.data_dir / "audit.db"
+    def register_db(self) -> str:
+        return os.path.join(self.data_dir, "rpo.db")
+
+    @property
+    def audit_db(self) -> str:
+        return os.path.join(self.data_dir, "audit.db")
 
     @property
     def policy(self):
         from .decision import Policy
-        return Policy(validity_days=self.validity_days, contract_grace_days=self.contract_grace_days)
+        return Policy(validity_days=self.validity_days, contract_grace_days=self.contract_grace_days,
+                      calling_hours=self.calling_hours, weekday_window=self.weekday_hours,
+                      reduced_window=self.reduced_hours, caller_id_check=self.caller_id_check,
+                      silent_call_days=self.silent_call_days, callback_days=self.callback_days)
 
 
 def resolve_path(explicit: str | None) -> tuple[str, bool]:
@@ -193,7 +308,22 @@ def load(explicit: str | None = None) -> Config:
         raise ConfigError(f"{path}: {exc}".replace("\n", " ")) from None
 
     values = {}
+    sources: dict[str, dict] = {}
     for section in parser.sections():
+        if section.startswith("source "):
+            name = section[len("source "):].strip()
+            if not name:
+                raise ConfigError(f"{path}: [{section}] needs a name, e.g. [source fub]")
+            parsed = sources.setdefault(name, {})
+            for key in parser[section]:
+                if key not in SOURCE_SETTINGS:
+                    raise ConfigError(f"{path}: [{section}] unknown key {key!r} (known: {', '.join(SOURCE_SETTINGS)})")
+                text = parser[section][key]
+                try:
+                    parsed[key] = SOURCE_SETTINGS[key][0](text)
+                except (ValueError, LookupError) as exc:
+                    raise ConfigError(f"{path}: [{section}] {key} = {text!r}: {exc}") from None
+            continue
         if section not in SETTINGS:
             raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(SETTINGS)})")
         for key in parser[section]:
@@ -208,8 +338,8 @@ def load(explicit: str | None = None) -> Config:
             except (ValueError, LookupError) as exc:
                 where = f"{path}: [{section}] {key}" if path else f"[{section}] {key}"
                 raise ConfigError(f"{where} = {text!r}: {exc}") from None
-    values["data_dir"] = Path(values["data_dir"])
-    return Config(path=path, **values)
+    values["inbox_dir"] = values.pop("inbox")
+    return Config(path=path, sources=sources, **values)
 
 
 def settings_table() -> str:
@@ -218,4 +348,6 @@ def settings_table() -> str:
     for section, keys in SETTINGS.items():
         for key, (_p, default, doc) in keys.items():
             rows.append(f"| `[{section}]` | `{key}` | `{default}` | {doc} |")
+    for key, (_p, default, doc) in SOURCE_SETTINGS.items():
+        rows.append(f"| `[source NAME]` | `{key}` | `{default}` | {doc} |")
     return "\n".join(rows)

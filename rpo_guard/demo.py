@@ -6,6 +6,12 @@ days, so the demo moves every date in them by the same number of days, to
 make that consultation two days old today, then imports them into a fresh
 data folder and runs each call of ``campaign.csv`` through the real AGI,
 driven by the Asterisk peer exactly as a dialplan would.
+
+The calls run on the real clock with the calling-hours rule on. When the
+demo runs outside the Code of conduct's calling hours (nights, Sundays,
+holidays) every call would be BLOCK outside_calling_hours and nothing else
+would show: the demo then says so, shows that block on the first call, and
+runs the rest of the campaign with ``[conduct] calling_hours = off``.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from pathlib import Path
 import click
 
 ANCHOR = date(2026, 11, 1)  # the consultation date the sample files were written for
-_DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
+_DATE = re.compile(r"(?<!\d)(\d{4}-\d{2}-\d{2})(?!\d)")  # also inside date-times (…T11:20)
 
 
 def _shifted(text: str, delta: timedelta) -> str:
@@ -43,7 +49,7 @@ def run_demo(data_dir: Path | None = None) -> None:
     delta = consulted - ANCHOR
 
     sample = resources.files("rpo_guard") / "sample_data"
-    for name in ("consultation.csv", "consents.csv", "dnc.csv", "campaign.csv"):
+    for name in ("consultation.csv", "consents.csv", "dnc.csv", "campaign.csv", "silent_calls.csv"):
         (work / name).write_text(_shifted((sample / name).read_text(encoding="utf-8"), delta), encoding="utf-8")
 
     click.echo(f"demo data folder: {work}  (sample dates moved by {delta.days} days: "
@@ -53,7 +59,21 @@ def run_demo(data_dir: Path | None = None) -> None:
     with open(work / "dnc.csv", newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             click.echo(dnc_add(cfg, row["number"], row["brand"], row["reason"], who="demo"))
+    from .conduct import silent_call_add
+    with open(work / "silent_calls.csv", newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            click.echo(silent_call_add(cfg, row["number"], row["brand"], datetime.fromisoformat(row["at"]),
+                                       who="demo"))
 
+    from .calendar_it import call_time
+    from .decision import calling_hours_problem
+    closed = calling_hours_problem(call_time(datetime.now(ZoneInfo(cfg.timezone)), cfg.timezone,
+                                             cfg.local_holidays), cfg.policy)
+
+    if closed is not None:
+        click.echo(f"\nnote: now is outside the calling hours ({closed.detail}): every call would be\n"
+                   "  BLOCK outside_calling_hours. The first call shows it; the rest of the campaign runs with\n"
+                   "  [conduct] calling_hours = off so that the other rules show. Try the what-if at the end.\n")
     agi = default_agi_path()
     env = {config_mod.ENV_VAR: str(conf)}
     click.echo(f"\nsimulated calls through {agi} (the Asterisk 22.10.1 AGI peer of rpo_guard.harness):\n")
@@ -63,15 +83,21 @@ def run_demo(data_dir: Path | None = None) -> None:
     first = None
     with open(work / "campaign.csv", newline="", encoding="utf-8") as fh:
         for i, row in enumerate(csv.DictReader(fh)):
+            if i == 1 and closed is not None:
+                conf.write_text(conf.read_text() + "[conduct]\ncalling_hours = off\n")
             channel = Channel(extension=re.sub(r"\D", "", row["dialed"]) or "s", callerid=row["caller_id"],
                               uniqueid=f"1795339{100 + i}.{i * 2 + 1}")
             s = run_process_agi(agi, [row["dialed"], row["brand"]], channel, env=env)
             first = first or s
             click.echo(f"{row['dialed']:<20} {row['brand']:<12} {s.result or '-':<10} {s.reason or '-':<21} "
-                       f"{s.agistatus:<9} {'Dial' if s.dialplan_allows else 'Hangup(21)':<10}  # {row['what it shows']}")
+                       f"{s.agistatus:<9} {'Dial' if s.dialplan_allows else 'Hangup(21)':<10}  # "
+                       + ("outside the calling hours now" if i == 0 and closed is not None else row["what it shows"]))
     click.echo("\nthe first session, as Asterisk logs it with `agi set debug on`:")
     for line in first.transcript:
         click.echo("  " + line)
     click.echo(f"\nevery attempt is in the audit log: {cfg.audit_db}")
     click.echo(f"try: rpo-guard --config {conf} check 0612345678 --brand 'Energia Uno' --at "
                f"{(consulted + timedelta(days=20)).isoformat()}T10:00   # what-if: the consultation expired")
+    sunday = consulted + timedelta(days=(6 - consulted.weekday()) or 7)
+    click.echo(f"try: rpo-guard --config {conf} check 0612345678 --brand 'Energia Uno' --caller-id 0612340000 "
+               f"--at {sunday.isoformat()}T11:00   # what-if: a Sunday, no calls (Code of conduct)")

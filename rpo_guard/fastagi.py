@@ -253,7 +253,7 @@ class AuditWriter:
                 self._log.close()
                 self._log = None
             if self._log is None:
-                self._log = AuditLog(self.cfg.audit_db, file_mode=self.cfg.file_mode)
+                self._log = AuditLog(self.cfg.audit_db, self.cfg.audit_busy_timeout_ms, self.cfg.file_mode)
             ids = self._log.append_many(rows)
         except Exception as exc:
             self.failed += len(rows)
@@ -300,7 +300,8 @@ class FastAGIServer:
         self._peer_cache: dict = {}
 
     # ---- lookups (worker threads) -------------------------------------------------
-    def _lookup(self, dialed: str, brand: str, deadline_at: float | None = None) -> Outcome:
+    def _lookup(self, dialed: str, brand: str, caller_id: str = "", callingpres: str = "",
+                deadline_at: float | None = None) -> Outcome:
         reader = getattr(self._tls, "reader", None)
         if reader is None:
             reader = self._tls.reader = _RegisterReader(self)
@@ -311,7 +312,7 @@ class FastAGIServer:
         if store is not None and deadline_at is not None:
             # SQLite itself gives up (OperationalError: interrupted) once the deadline is past
             store.conn.set_progress_handler(lambda: time.monotonic() > deadline_at, 2000)
-        return check_call(self.cfg, store, dialed, brand)
+        return check_call(self.cfg, store, dialed, brand, caller_id=caller_id, callingpres=callingpres)
 
     def _warm(self) -> None:
         """Open the register in every worker and import what a first lookup would."""
@@ -322,15 +323,15 @@ class FastAGIServer:
         except Exception:
             pass
 
-    async def check(self, dialed: str, brand: str) -> Outcome:
+    async def check(self, dialed: str, brand: str, caller_id: str = "", callingpres: str = "") -> Outcome:
         deadline_at = time.monotonic() + self.deadline
         if self._pool is None:  # lookup_threads = 0: in the loop, bounded by SQLite's progress handler
-            outcome = self._lookup(dialed, brand, deadline_at)
+            outcome = self._lookup(dialed, brand, caller_id, callingpres, deadline_at)
             if time.monotonic() <= deadline_at or outcome.verdict.reason == "error":
                 return outcome
             return self._late()
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, self._lookup, dialed, brand, deadline_at)
+        fut = loop.run_in_executor(self._pool, self._lookup, dialed, brand, caller_id, callingpres, deadline_at)
         try:
             async with asyncio.timeout(self.deadline):
                 return await fut
@@ -404,7 +405,9 @@ class FastAGIServer:
         callerid_arg = args[2] if len(args) > 2 else None
         self.stats.sessions += 1
 
-        outcome = await self.check(dialed, brand)
+        # as the process AGI: the third argument, else CALLERID(num), is the number presented
+        caller_id = callerid_arg if callerid_arg is not None else env.get("agi_callerid", "")
+        outcome = await self.check(dialed, brand, caller_id, env.get("agi_callingpres", ""))
         verdict = outcome.verdict
         if verdict.reason == "error":
             log_failure(f"call {env.get('agi_uniqueid', '?')} to {dialed!r} blocked on error: {verdict.detail}",

@@ -6,12 +6,12 @@ failure becomes ``BLOCK``/``error`` with the cause in ``detail``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import re
 import time
+from collections import namedtuple
 from datetime import datetime
 
-from .decision import CallFacts, Verdict, decide, error_verdict
+from .decision import CallFacts, Policy, Verdict, decide, error_verdict
 from .numbers import InvalidNumber, candidate_e164, normalize
 
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -23,11 +23,10 @@ def safe_value(value: str, allowed: frozenset | None = None) -> bool:
     return bool(_SAFE_VALUE.fullmatch(value)) and (allowed is None or value in allowed)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    verdict: Verdict
-    e164: str | None
-    at: datetime          # when the check ran, in the rules' timezone
+class Outcome(namedtuple("Outcome", "verdict e164 at")):
+    """The verdict, the E.164 number (None if invalid) and when the check ran
+    (an aware datetime in the rules' timezone)."""
+    __slots__ = ()
 
 
 def resolve_number(store, raw: str, cfg) -> str | None:
@@ -47,20 +46,32 @@ def resolve_number(store, raw: str, cfg) -> str | None:
         return None
 
 
-def check_call(cfg, store, raw: str, brand: str = "", at: datetime | None = None) -> Outcome:
-    from zoneinfo import ZoneInfo
+def check_call(cfg, store, raw: str, brand: str = "", at: datetime | None = None,
+               caller_id: str | None = None, callingpres: str | None = None,
+               policy: Policy | None = None) -> Outcome:
+    """Check one call. ``at`` defaults to the clock; ``caller_id`` is the
+    presented number (None = not known: the caller-ID rule then blocks unless
+    ``policy`` turns it off); ``callingpres`` is Asterisk's presentation value."""
+    from .calendar_it import local_time
 
-    tz = ZoneInfo(cfg.timezone)
-    at = at.astimezone(tz) if at is not None else datetime.now(tz)
+    at = local_time(at if at is not None else datetime.now().astimezone(), cfg.timezone)
     brand = (brand or "").strip()
+    policy = policy or cfg.policy
     e164 = None
     try:
         if store is None:
             raise RuntimeError("register database unavailable")
         e164 = resolve_number(store, raw, cfg)
-        facts = (store.facts(e164, brand, at.date()) if e164 is not None
-                 else CallFacts(today=at.date(), e164=None, brand=brand))
-        verdict = decide(facts, cfg.policy)
+        if e164 is None:
+            facts = CallFacts(today=at.date(), e164=None, brand=brand)
+        else:
+            facts = store.facts(e164, brand, at.date(), at=at if policy.calling_hours else None,
+                                local_holidays=cfg.local_holidays,
+                                silent_call_days=cfg.silent_call_days, tz=cfg.timezone)
+            if caller_id is not None and policy.caller_id_check:
+                from .callerid import read
+                facts = facts._replace(caller_id=read(caller_id, callingpres, facts.declared_caller_ids))
+        verdict = decide(facts, policy)
     except Exception as exc:  # fail closed, whatever went wrong
         verdict = error_verdict(f"{type(exc).__name__}: {exc}")
     return Outcome(verdict, e164, at)

@@ -297,13 +297,20 @@ class Session:
 def run_process_agi(script: str, args: list[str], channel: Channel | None = None, *,
                     env: dict | None = None, hangup_after: float | None = None,
                     hangup_before_command: int | None = None, agisighup: bool = True,
-                    timeout: float = 30.0, env_block_override: bytes | None = None) -> Session:
+                    timeout: float = 30.0, env_block_override: bytes | None = None,
+                    replace_responses: dict[int, str] | None = None,
+                    user: str | None = None, preexec_fn=None) -> Session:
     """Run a process AGI as Asterisk does and play Asterisk's side.
 
     ``script`` is the path the dialplan names (argv[0] is that path, the cwd
     is ``/``, the environment is Asterisk's plus AST_* variables). The caller
     can hang up after ``hangup_after`` seconds, or just before the script's
-    Nth command (1-based) is answered.
+    Nth command (1-based) is answered. ``replace_responses`` answers the Nth
+    command with the given response instead (fault injection: a 510, 511 or
+    520 where the script expected 200). ``user`` runs the script as that
+    account (as Asterisk runs AGIs as ``asterisk``; needs root), and
+    ``preexec_fn`` runs in the child before exec (fault injection, e.g. a
+    file-size limit that makes the disk look full).
     """
     channel = channel or Channel()
     tx: list[str] = []
@@ -324,7 +331,7 @@ def run_process_agi(script: str, args: list[str], channel: Channel | None = None
     started = time.monotonic()
     proc = subprocess.Popen([script, *args], executable=script, cwd="/", env=child_env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, user=user, preexec_fn=preexec_fn)
     stderr_chunks: list[bytes] = []
     t_err = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
     t_err.start()
@@ -382,6 +389,8 @@ def run_process_agi(script: str, args: list[str], channel: Channel | None = None
                     hang_up()
                 tx.append(prefix + "Rx << " + line)
                 response = engine.handle(line)
+                if replace_responses and commands in replace_responses:
+                    response = replace_responses[commands]
                 for out in response.rstrip("\n").split("\n"):
                     tx.append(prefix + "Tx >> " + out)
                 try:

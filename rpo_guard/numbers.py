@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-_SEPARATORS = re.compile(r"[\s\-./()]+")
+_SEPARATORS = re.compile(r"[ \t\u00a0\-./()]+")
 _DIGITS = re.compile(r"\+?[0-9]+")
 MAX_INPUT = 64
 

@@ -5,29 +5,41 @@ the per-call reader is :mod:`rpo_guard.store`, on the stdlib driver.
 
 Conventions: dates are ISO ``YYYY-MM-DD`` calendar dates in the rules'
 timezone (Europe/Rome); a brand of ``''`` means "every brand" (a shared
-consultation, a global do-not-contact entry, an opt-out from everyone).
+consultation, a global do-not-contact entry, an opt-out from everyone, a
+caller ID declared for every brand).
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 SCHEMA_VERSION = 1
 
 
-def open_db(path: Path, mode: int = 0o640):
+def open_db(path, mode: int = 0o640):
     """Open (creating if needed) the register database, schema applied."""
     import sqlite_utils
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.exists(path)
     db = sqlite_utils.Database(path)
     db.conn.execute("PRAGMA busy_timeout = 5000")
     if new:
         os.chmod(path, mode)
     ensure_schema(db)
+    refresh_holidays(db)
     return db
+
+
+def refresh_holidays(db) -> None:
+    """Keep the holiday cache of the calling-hours rule filled (rpo_guard.calendar_it)."""
+    from datetime import date
+
+    from .calendar_it import cache_years, refresh_cache
+    try:
+        refresh_cache(db.conn, cache_years(date.today()))
+    except ImportError:
+        pass  # no holidays package: each call computes (and fails closed) on its own
 
 
 def ensure_schema(db) -> None:
@@ -43,11 +55,19 @@ def ensure_schema(db) -> None:
             "id": int, "kind": str, "source_file": str, "sha256": str, "shape": str, "rows": int,
             "consulted_on": str, "brand": str, "valid_until": str,
             "imported_by": str, "imported_at": str,
-        }, pk="id", not_null={"kind", "imported_at"}, defaults={"brand": ""}, if_not_exists=True)
-        db["consultations"].create({
-            "number": str, "batch_id": int, "registered": int, "registration_date": str,
-        }, pk=("number", "batch_id"), foreign_keys=[("batch_id", "batches", "id")],
-            not_null={"number", "batch_id", "registered"}, if_not_exists=True)
+            # sync (issue 3): outcome of every attempt, failures included, for `rpo-guard status`
+            "status": str, "error": str, "registered": int, "encoding": str,
+            "sent_file": str, "sent_sha256": str, "seconds": float,
+        }, pk="id", not_null={"kind", "imported_at", "status"}, defaults={"brand": "", "status": "ok"},
+            if_not_exists=True)
+        db["batches"].create_index(["sha256", "kind"], if_not_exists=True)
+        # WITHOUT ROWID: one b-tree keyed by (number, batch_id) instead of a table plus an index;
+        # a lookup is one seek and a 10M-row import writes half the pages.
+        db.conn.execute(
+            "CREATE TABLE IF NOT EXISTS consultations ("
+            " number TEXT NOT NULL, batch_id INTEGER NOT NULL REFERENCES batches(id),"
+            " registered INTEGER NOT NULL, registration_date TEXT,"
+            " PRIMARY KEY (number, batch_id)) WITHOUT ROWID")
         db["consents"].create({
             "id": int, "number": str, "brand": str, "kind": str,
             "given_at": str, "given_on": str, "ends_at": str, "ends_on": str,
@@ -58,7 +78,26 @@ def ensure_schema(db) -> None:
         db["dnc"].create({
             "id": int, "number": str, "brand": str, "reason": str,
             "added_by": str, "added_at": str, "removed_by": str, "removed_at": str,
+            "source_file": str, "source_line": int, "batch_id": int,
         }, pk="id", not_null={"number", "added_at"}, defaults={"brand": ""}, if_not_exists=True)
         db["dnc"].create_index(["number", "brand"], if_not_exists=True)
         db.conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS dnc_active ON dnc(number, brand) WHERE removed_at IS NULL")
+        # Conduct-code rules (issue 6).
+        db["caller_ids"].create({
+            "id": int, "number": str, "brand": str, "note": str,
+            "added_by": str, "added_at": str, "removed_by": str, "removed_at": str,
+        }, pk="id", not_null={"number", "added_at"}, defaults={"brand": ""}, if_not_exists=True)
+        db["caller_ids"].create_index(["brand", "number"], if_not_exists=True)
+        db.conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS caller_ids_active ON caller_ids(number, brand)"
+                        " WHERE removed_at IS NULL")
+        db["silent_calls"].create({
+            "id": int, "number": str, "brand": str, "at": str, "on_day": str,
+            "uniqueid": str, "source": str, "recorded_by": str, "recorded_at": str,
+        }, pk="id", not_null={"number", "at", "on_day", "recorded_at"}, defaults={"brand": ""},
+            if_not_exists=True)
+        db["silent_calls"].create_index(["number", "on_day"], if_not_exists=True)
+        db["holidays"].create({"day": str, "year": int, "name": str}, pk="day",
+                              not_null={"year", "name"}, if_not_exists=True)
+        db["holiday_years"].create({"year": int, "source": str}, pk="year", not_null={"source"},
+                                   if_not_exists=True)
         db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

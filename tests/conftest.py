@@ -28,6 +28,9 @@ def agi_path() -> str:
     return found
 
 
+NO_CONDUCT = "calling_hours = off\ncaller_id_check = off\n"
+
+
 class Env:
     """A data folder with its config file; helpers to load data through the real importers."""
 
@@ -38,8 +41,16 @@ class Env:
         self.failures = root / "failures.log"
         self.write_config()
 
-    def write_config(self, extra: str = "") -> None:
-        self.conf.write_text(f"[paths]\ndata_dir = {self.data}\nlog_file = {self.failures}\n{extra}")
+    def write_config(self, extra: str = "", conduct: str = NO_CONDUCT) -> None:
+        """``conduct`` is the body of the [conduct] section.
+
+        By default the calling-hours and caller-ID rules are off, so that tests
+        about other rules pass whatever the time of day and with the harness's
+        default channel (caller ID ``unknown``). Tests of the conduct rules
+        pass ``conduct=""`` (the shipped defaults: both on) or their own settings.
+        """
+        section = f"[conduct]\n{conduct}" if conduct else ""
+        self.conf.write_text(f"[paths]\ndata_dir = {self.data}\nlog_file = {self.failures}\n{extra}\n{section}")
         self._cfg = None
 
     @property
@@ -99,3 +110,14 @@ def env(tmp_path, monkeypatch) -> Env:
 def days(n: int) -> str:
     """An ISO date n days before today (Europe/Rome)."""
     return (today_rome() - timedelta(days=n)).isoformat()
+
+
+# Fuzzing budget: a bounded profile by default (CI), a long one on demand:
+#   HYPOTHESIS_PROFILE=long ./dev test tests/test_fuzz.py
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("long", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

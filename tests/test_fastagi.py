@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import timedelta
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -214,7 +215,7 @@ def _swap_register(env, generation: int, symlink: bool) -> None:
 
     Each generation puts 0612345678 on the DNC list for brand g<generation>.
     """
-    live = env.cfg.register_db
+    live = Path(env.cfg.register_db)
     target = env.data / (f"rpo-gen{generation}.db" if symlink else "rpo.db.new")
     src = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
     dst = sqlite3.connect(target)
@@ -245,7 +246,7 @@ def _swap_register(env, generation: int, symlink: bool) -> None:
 def test_register_replaced_under_load(sample, symlink):
     env, cases = sample
     if symlink:  # rpo.db becomes a symlink to a generation file, as a sync tool may keep it
-        live = env.cfg.register_db
+        live = Path(env.cfg.register_db)
         first = env.data / "rpo-gen0.db"
         src = sqlite3.connect(live)
         dst = sqlite3.connect(first)
