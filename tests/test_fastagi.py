@@ -16,6 +16,7 @@ import pytest
 
 from conftest import agi_path, today_rome
 from fastagi_support import Server
+from test_decision_table import TABLE, table_env  # noqa: F401  (the shared decision table and its data)
 from rpo_guard.harness import Channel, run_fastagi, run_process_agi
 
 COMPARED = ("callerid", "channel", "accountcode", "brand", "dialed", "e164", "decision", "reason",
@@ -94,6 +95,42 @@ def test_decisions_equal_the_process_agi(sample, server):
     assert {r for r, _ in seen} == {"ALLOW", "BLOCK"}
     assert len({reason for _, reason in seen}) >= 7
     assert ("BLOCK", "error") not in seen
+
+
+@pytest.fixture(scope="module")
+def table_server(table_env):  # noqa: F811
+    s = Server(table_env.conf)
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("dialed, brand, decision, reason", TABLE)
+def test_shared_decision_table_same_through_fastagi(table_env, table_server, dialed, brand, decision, reason):  # noqa: F811
+    p = run_process_agi(agi_path(), [dialed, brand], Channel(extension="3331234567"), env=table_env.agi_env)
+    f = run_fastagi("127.0.0.1", table_server.port, "rpo_guard", [dialed, brand], Channel(extension="3331234567"))
+    assert (f.agistatus, f.result, f.reason, f.dialplan_allows) == \
+           (p.agistatus, p.result, p.reason, p.dialplan_allows) == ("SUCCESS", decision, reason, decision == "ALLOW")
+
+
+@pytest.mark.parametrize("callerid, args, reason", [
+    ("unknown", [], "caller_id_not_allowed"),                   # hidden
+    ("0612340000", [], "not_registered"),
+    ("0612340000", ["+14155550100"], "caller_id_not_allowed"),  # the third argument wins: foreign
+    ("+14155550100", ["0612340000"], "not_registered"),
+])
+def test_caller_id_rule_same_through_fastagi(sample, callerid, args, reason):
+    """With the caller-ID rule on, both front ends read the same caller ID and presentation."""
+    env, _ = sample
+    env.write_config("[fastagi]\nread_timeout_ms = 500\n", conduct="calling_hours = off\n")
+    server = Server(env.conf)
+    try:
+        call = ["0612345678", "Energia Uno", *args]
+        p = run_process_agi(agi_path(), call, Channel(callerid=callerid), env=env.agi_env)
+        f = run_fastagi("127.0.0.1", server.port, "rpo_guard", call, Channel(callerid=callerid))
+    finally:
+        server.stop()
+    assert (f.agistatus, f.result, f.reason) == (p.agistatus, p.result, p.reason)
+    assert f.reason == reason
 
 
 def test_session_bytes_match_asterisk(sample, server):
@@ -390,3 +427,12 @@ def test_settings_parse(env):
     env.write_config("[fastagi]\nlisten = [::1]:0\nallowed_peers = 10.0.0.0/8, 127.0.0.1\n")
     assert env.cfg.listen == ("::1", 0)
     assert ipaddress.ip_address("10.2.3.4") in env.cfg.allowed_peers[0]
+
+
+def test_import_in_place_is_seen_without_reopen(sample, server):
+    env, _ = sample
+    before = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["3407654321", "Energia Uno"])
+    assert (before.result, before.reason) == ("BLOCK", "not_consulted")
+    env.consult([("3407654321", "non iscritto")], days_ago=1, name="late.csv")  # a WAL transaction in place
+    after = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["3407654321", "Energia Uno"])
+    assert (after.result, after.reason) == ("ALLOW", "not_registered")
