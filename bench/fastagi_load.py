@@ -41,12 +41,17 @@ def build_register(data: Path, numbers: int) -> None:
     from rpo_guard.audit_log import AuditLog
     from rpo_guard.schema import open_db
 
+    import hashlib
+
+    import rpo_guard.schema as schema_mod
+
     db_path = data / "rpo.db"
-    marker = data / f"built-{numbers}"
+    schema_hash = hashlib.sha1(Path(schema_mod.__file__).read_bytes()).hexdigest()[:12]
+    marker = data / f"built-{numbers}-{schema_hash}"  # rebuilt when the schema code changes
     if marker.exists() and db_path.exists():
         return
     data.mkdir(parents=True, exist_ok=True)
-    for p in data.glob("rpo.db*"):
+    for p in [*data.glob("rpo.db*"), *data.glob("built-*"), *data.glob("audit.db*")]:
         p.unlink()
     t0 = time.perf_counter()
     open_db(db_path).close()
@@ -113,7 +118,7 @@ class AsteriskSide(asyncio.Protocol):
     command through the harness's CommandEngine, HANGUP once the server closes)."""
 
     def __init__(self, port: int, number: str, i: int, done: asyncio.Future):
-        self.channel = Channel(extension=number[3:], uniqueid=f"1795339{i}.{i}")
+        self.channel = Channel(extension=number[3:], uniqueid=f"1795339{i}.{i}", callerid="0612340000")
         self.engine = CommandEngine(self.channel)
         self.env = encode_env(self.channel.env_block(f"agi://127.0.0.1:{port}/rpo_guard", [number, BRAND],
                                                      network_script="rpo_guard"))
