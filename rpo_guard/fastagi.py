@@ -287,6 +287,7 @@ class FastAGIServer:
         self.allowed_peers = tuple(allowed_peers if allowed_peers is not None else cfg.allowed_peers)
         self.deadline = cfg.deadline_ms / 1000
         self.read_timeout = cfg.read_timeout_ms / 1000
+        self.audit_wait = cfg.audit_busy_timeout_ms / 1000 + 1.0
         self.stats = Stats()
         self.generation = 0
         self.port: int | None = None
@@ -415,13 +416,18 @@ class FastAGIServer:
         row = audit_row(outcome, env, dialed, brand, callerid_arg, started, "fastagi")
         result, reason, audit_id = verdict.decision, verdict.reason, ""
         try:
-            async with asyncio.timeout(self.deadline):
+            # Bounded by the audit log's own lock timeout plus a margin, not by the lookup
+            # deadline: an answer given before the commit could contradict the row written.
+            async with asyncio.timeout(self.audit_wait):
                 audit_id = str(await self.audit.submit(row))
         except Exception as exc:
-            # Not recorded (or not yet): refused. The writer keeps failed rows in the failure log.
+            # Not recorded: refused. The writer keeps failed rows in the failure log.
             result, reason = "BLOCK", "error"
-            log_failure(f"call {env.get('agi_uniqueid', '?')} refused: audit row not committed "
-                        f"({type(exc).__name__}: {exc})", self.cfg.log_file)
+            late = isinstance(exc, TimeoutError)
+            log_failure(f"call {env.get('agi_uniqueid', '?')} refused: audit row "
+                        + (f"not committed after {self.audit_wait:g} s (it may still be written with "
+                           f"decision {verdict.decision})" if late else f"not written ({type(exc).__name__}: {exc})"),
+                        self.cfg.log_file)
         if not (safe_value(result, RESULT_VALUES) and safe_value(reason)):
             result, reason = "BLOCK", "error"
         if reason == "error":

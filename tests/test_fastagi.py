@@ -436,3 +436,20 @@ def test_import_in_place_is_seen_without_reopen(sample, server):
     env.consult([("3407654321", "non iscritto")], days_ago=1, name="late.csv")  # a WAL transaction in place
     after = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["3407654321", "Energia Uno"])
     assert (after.result, after.reason) == ("ALLOW", "not_registered")
+
+
+def test_unwritable_audit_log_refuses_the_call(sample):
+    env, _ = sample
+    audit = Path(env.cfg.audit_db)
+    for p in audit.parent.glob("audit.db*"):
+        p.unlink()
+    audit.mkdir()  # not a database: every write fails (root ignores file modes)
+    server = Server(env.conf)
+    try:
+        s = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "Energia Uno"])
+    finally:
+        server.stop()
+    assert (s.agistatus, s.result, s.reason, s.dialplan_allows) == ("SUCCESS", "BLOCK", "error", False)
+    assert "RPO_AUDIT_ID" not in s.channel.variables
+    log = env.failures.read_text()
+    assert "audit log unwritable" in log and "'decision': 'ALLOW'" in log  # the attempt is kept there
