@@ -241,6 +241,10 @@ def demo(data_dir):
     run_demo(data_dir)
 
 
+from .cli_audit import audit as _audit  # noqa: E402
+cli.add_command(_audit)
+
+
 def main() -> None:
     cli(prog_name="rpo-guard")
 

@@ -92,6 +92,10 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "busy_timeout_ms": (_milliseconds, "200", "how long a lookup or audit write waits for a lock before failing closed"),
         "file_mode": (_octal_mode, "0640", "permissions of databases the tool creates"),
     },
+    "audit": {
+        "retention_days": (_nonneg_int, "0", "`audit prune` without --before removes attempts older than this many days; 0 = keep everything"),
+        "digest_key_file": (_str, "", "file holding the HMAC-SHA256 key that signs `audit digest`; empty = unsigned digest, to anchor outside the machine"),
+    },
 }
 
 
@@ -107,6 +111,8 @@ class Config:
     timezone: str
     busy_timeout_ms: int
     file_mode: int
+    retention_days: int = 0
+    digest_key_file: str = ""
 
     @property
     def register_db(self) -> Path:
