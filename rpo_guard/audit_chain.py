@@ -30,7 +30,7 @@ def open_ro(path: Path) -> sqlite3.Connection:
 
 @dataclass
 class Problem:
-    kind: str      # edited | deleted | inserted | reordered | truncated | checkpoint | anchor
+    kind: str  # edited | replaced | deleted | truncated | inserted | reordered | checkpoint | anchor
     row_id: int | None
     message: str
 
@@ -77,8 +77,8 @@ def _broken_link(conn, row_id: int, prev_hash: str) -> Problem:
     if other is not None and other[0] < row_id - 1:
         return Problem("inserted", row_id, f"row {row_id} links to row {other[0]}: "
                        f"row(s) {other[0] + 1}..{row_id - 1} were inserted before it")
-    return Problem("inserted", row_id, f"row {row_id} does not link to the row before it "
-                   "(its prev_hash matches no row): a row was forged or inserted here")
+    return Problem("replaced", row_id, f"row {row_id} links to a row that is not in the log: row {row_id - 1} "
+                   f"was replaced (edited and re-hashed), or row {row_id} was forged")
 
 
 def verify(conn, anchors: list[dict] | None = None) -> VerifyResult:

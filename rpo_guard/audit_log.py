@@ -151,8 +151,22 @@ def values_of(row: dict) -> list:
     return values
 
 
+SYNCHRONOUS = ("normal", "full")
+
+
 class AuditLog:
-    def __init__(self, path: Path, busy_timeout_ms: int = 2000, file_mode: int = 0o640):
+    """The writer. ``synchronous``: ``normal`` (default) syncs the WAL at
+    checkpoints only: a commit survives any crash of the process, and on a
+    power loss or OS crash the newest commits may be lost but the file and
+    the chain stay whole. ``full`` syncs on every commit; it holds the write
+    lock through an fsync, so concurrent calls wait longer for it (and a call
+    whose attempt cannot be written within ``busy_timeout_ms`` is refused).
+    """
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 2000, file_mode: int = 0o640,
+                 synchronous: str = "normal"):
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
         path = Path(path)
         new = not path.exists()
         self.conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000,
@@ -165,6 +179,7 @@ class AuditLog:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version != AUDIT_SCHEMA_VERSION:
             self._create(version)
+        self.conn.execute(f"PRAGMA synchronous = {synchronous}")
 
     def _create(self, version: int) -> None:
         if version > AUDIT_SCHEMA_VERSION:

@@ -47,7 +47,7 @@ def _nice_max(v: int) -> int:
     m = 1
     while m * 10 < v:
         m *= 10
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if step * m >= v:
             return int(step * m)
     return v
@@ -78,8 +78,9 @@ def chart_svg(groups: list[dict]) -> str:
         y = axis_y + sign * value * scale
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e0e0e0"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{value}</text>')
-    out.append(f'<text x="12" y="{top_pad + 12}" class="tick">allowed</text>')
-    out.append(f'<text x="12" y="{top_pad + plot_h - 4}" class="tick">refused</text>')
+    for label, y in (("allowed ↑", axis_y - 8), ("refused ↓", axis_y + 8)):
+        out.append(f'<text x="14" y="{y:.1f}" class="tick" text-anchor="{"start" if "allowed" in label else "end"}" '
+                   f'transform="rotate(-90 14 {y:.1f})">{label}</text>')
     for i, day in enumerate(days):
         x = left + i * slot + (slot - bar) / 2
         y = axis_y
@@ -135,7 +136,7 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bot
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1b5e20;font-weight:600} .bad{color:#b71c1c;font-weight:600}
 .verify{padding:10px 14px;border-radius:6px;margin:8px 0} .verify.ok{background:#e8f5e9} .verify.bad{background:#ffebee}
-.tick{font-size:11px;fill:#424242} .legend{margin:6px 0 0 60px} .key{display:inline-block;margin:2px 14px 2px 0}
+#chart{max-width:100%;height:auto} .tick{font-size:11px;fill:#424242} .legend{margin:6px 0 0 60px} .key{display:inline-block;margin:2px 14px 2px 0}
 .key i{display:inline-block;width:12px;height:12px;margin-right:5px;vertical-align:-1px;border-radius:2px}
 .tiles{display:flex;gap:14px;flex-wrap:wrap} .tile{border:1px solid #e0e0e0;border-radius:6px;padding:8px 14px;min-width:120px}
 .tile b{display:block;font-size:20px}

@@ -66,6 +66,13 @@ def _str(v: str) -> str:
     return v.strip()
 
 
+def _synchronous(v: str) -> str:
+    v = v.strip().lower()
+    if v not in ("normal", "full"):
+        raise ValueError("must be normal or full")
+    return v
+
+
 def _milliseconds(v: str) -> int:
     n = int(v)
     if not 1 <= n <= 60000:
@@ -94,6 +101,7 @@ SETTINGS: dict[str, dict[str, tuple]] = {
     },
     "audit": {
         "retention_days": (_nonneg_int, "0", "`audit prune` without --before removes attempts older than this many days; 0 = keep everything"),
+        "synchronous": (_synchronous, "normal", "audit.db durability: normal = a commit survives a crash of the process, the newest ones may be lost on a power cut; full = fsync on every commit (slower under load: a call waits longer for the write lock)"),
         "digest_key_file": (_str, "", "file holding the HMAC-SHA256 key that signs `audit digest`; empty = unsigned digest, to anchor outside the machine"),
     },
 }
@@ -113,6 +121,7 @@ class Config:
     file_mode: int
     retention_days: int = 0
     digest_key_file: str = ""
+    synchronous: str = "normal"
 
     @property
     def register_db(self) -> Path:
