@@ -235,9 +235,16 @@ def explain(conn, row_id: int, register_db: Path | None = None) -> list[str] | N
     values = [r[c] for c in COLUMNS]
     own = row_hash(r["prev_hash"], r["id"], values) == r["hash"]
     prev = conn.execute("SELECT hash FROM attempts WHERE id = ?", (row_id - 1,)).fetchone()
-    link = ("first row of the chain" if r["prev_hash"] == GENESIS and row_id == 1 else
-            "links to row %d" % (row_id - 1) if prev and prev[0] == r["prev_hash"] else
-            "previous row pruned (see checkpoints)" if prev is None else "DOES NOT link to row %d" % (row_id - 1))
+    cp = conn.execute("SELECT id FROM checkpoints WHERE last_id = ? AND last_hash = ?",
+                      (row_id - 1, r["prev_hash"])).fetchone()
+    if r["prev_hash"] == GENESIS and row_id == 1:
+        link = "first row of the chain"
+    elif prev is not None:
+        link = f"links to row {row_id - 1}" if prev[0] == r["prev_hash"] else f"DOES NOT link to row {row_id - 1}"
+    elif cp is not None:
+        link = f"links to checkpoint {cp[0]}: the rows before it were pruned"
+    else:
+        link = f"row {row_id - 1} is missing"
     lines.append(f"  chain:    hash {r['hash']} ({'matches the content' if own else 'DOES NOT match the content'}; "
                  f"{link}); `rpo-guard audit verify` checks the whole log")
     return lines
