@@ -25,12 +25,22 @@ the FastAGI writer thread) chain correctly without any other coordination.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sqlite3
 from pathlib import Path
+
+# This module is imported on every call. hashlib loads OpenSSL (~2 ms) and
+# json compiles its machinery (~1 ms): the interpreter's own SHA-256 module
+# and the small JSON writer below give the same bytes for the types a row
+# holds, and hand anything else to the json module itself.
+try:
+    from _sha2 import sha256 as _sha256  # CPython >= 3.12
+except ImportError:
+    try:
+        from _sha256 import sha256 as _sha256  # CPython 3.11
+    except ImportError:  # pragma: no cover - other interpreters
+        from hashlib import sha256 as _sha256
 
 AUDIT_SCHEMA_VERSION = 1
 GENESIS = "0" * 64
@@ -109,14 +119,88 @@ FROM attempts GROUP BY 1, 2, 3, 4;
 """
 
 
+_ESCAPES = {ord(c): e for c, e in (('"', '\\"'), ("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"),
+                                     ("\t", "\\t"), ("\b", "\\b"), ("\f", "\\f"))}
+for _i in range(0x20):
+    _ESCAPES.setdefault(_i, "\\u%04x" % _i)
+_ESCAPES_ASCII = {**_ESCAPES, 0x7F: "\\u007f"}
+
+
+def _utf8_str(s: str) -> str:
+    return '"' + s.translate(_ESCAPES) + '"'
+
+
+def _ascii_char(c: str) -> str:
+    n = ord(c)
+    if n < 0x80:
+        return c
+    if n < 0x10000:
+        return "\\u%04x" % n
+    n -= 0x10000
+    return "\\u%04x\\u%04x" % (0xD800 | (n >> 10), 0xDC00 | (n & 0x3FF))
+
+
+def _ascii_str(s: str) -> str:
+    s = s.translate(_ESCAPES_ASCII)
+    return '"' + (s if s.isascii() else "".join(map(_ascii_char, s))) + '"'
+
+
+class _Unusual(Exception):
+    pass
+
+
+def _json(v, item_sep: str, key_sep: str, enc=_utf8_str) -> str:
+    """json.dumps(v, sort_keys=True, separators=(item_sep, key_sep), allow_nan=False), with
+    ensure_ascii as ``enc`` says, for str, int, float, bool, None, list, tuple and str-keyed
+    dict; _Unusual for anything else."""
+    t = type(v)
+    if t is str:
+        return enc(v)
+    if v is None:
+        return "null"
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return int.__repr__(v)
+    if t is float:
+        if not math.isfinite(v):
+            raise _Unusual
+        return float.__repr__(v)
+    if t is list or t is tuple:
+        return "[" + item_sep.join(_json(x, item_sep, key_sep, enc) for x in v) + "]"
+    if t is dict:
+        if not all(type(k) is str for k in v):
+            raise _Unusual
+        return "{" + item_sep.join(enc(k) + key_sep + _json(v[k], item_sep, key_sep, enc)
+                                   for k in sorted(v)) + "}"
+    raise _Unusual
+
+
+def basis_text(basis) -> str:
+    """The stored text of the basis column: ``json.dumps(basis or {}, sort_keys=True)``."""
+    try:
+        return _json(basis or {}, ", ", ": ", _ascii_str)
+    except (_Unusual, RecursionError):
+        import json
+        return json.dumps(basis or {}, sort_keys=True)
+
+
 def canonical(row_id: int, values) -> bytes:
-    """The bytes a row's hash covers (besides prev_hash); values in COLUMNS order."""
-    return json.dumps([row_id, *values], ensure_ascii=False, separators=(",", ":"),
-                      allow_nan=False).encode("utf-8")
+    """The bytes a row's hash covers (besides prev_hash); values in COLUMNS order.
+
+    Equal to ``json.dumps([row_id, *values], ensure_ascii=False,
+    separators=(",", ":"), allow_nan=False).encode("utf-8")``.
+    """
+    try:
+        text = _json([row_id, *values], ",", ":")
+    except _Unusual:
+        import json
+        text = json.dumps([row_id, *values], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8")
 
 
 def row_hash(prev_hash: str, row_id: int, values) -> str:
-    return hashlib.sha256(prev_hash.encode("ascii") + b"\n" + canonical(row_id, values)).hexdigest()
+    return _sha256(prev_hash.encode("ascii") + b"\n" + canonical(row_id, values)).hexdigest()
 
 
 def chain_tail(conn) -> tuple[int, str]:
@@ -147,7 +231,7 @@ def values_of(row: dict) -> list:
             values[i] = v if math.isfinite(v) else None
         elif i != _BASIS and not isinstance(v, str):
             values[i] = str(v)
-    values[_BASIS] = json.dumps(row.get("basis") or {}, sort_keys=True)
+    values[_BASIS] = basis_text(row.get("basis"))
     return values
 
 
