@@ -233,11 +233,19 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--skip-agi", action="store_true", help="only the export part")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (about 1.5 GB for 1M rows)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rpo-bench-audit-"))
-    if not args.skip_agi:
-        part1(args, work)
-    part2(args, work)
+    try:
+        if not args.skip_agi:
+            part1(args, work)
+        part2(args, work)
+    finally:
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
