@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from urllib.parse import quote
 
-from .decision import ALLOW_REASONS, BLOCK_REASONS
+from .decision import ALLOW_REASONS
 
 # Reasons in stacking order, with their colours (allowed: greens/blues, refused: warm).
 ALLOW_ORDER = ("not_registered", "consent", "contract")

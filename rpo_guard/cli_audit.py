@@ -101,7 +101,7 @@ def verify(obj, digests, as_json):
     Exit status: 0 intact, 1 broken (row edited, deleted, inserted or
     reordered, or a digest that no longer matches), 2 usage error.
     """
-    from .audit_chain import check_signature, read_key, verify as do_verify
+    from .audit_chain import check_signature, verify as do_verify
 
     cfg = obj.cfg
     anchors = []

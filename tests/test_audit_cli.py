@@ -4,9 +4,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from audit_helpers import ROME, fill, make_row, raw
@@ -152,26 +151,34 @@ def test_verify_and_digest_commands(filled, tmp_path):
     assert "digest_key_file" in run(filled, "digest", "--date", "2026-10-02", code=1).output
 
 
-def test_prune_command_and_retention_setting(filled):
-    out = run(filled, "prune", "--before", "2026-10-03", "--dry-run").stdout
-    n = sum(1 for r in rows_py() if r["at"] < "2026-10-03")  # make_row's first rows are the oldest
-    assert out.startswith("would remove")
-    assert len(filled.audit_rows()) == 200
-    out = run(filled, "prune", "--before", "2026-10-03").stdout
-    assert out.startswith("removed ") and "checkpoint(s) 1..1" in out
-    left = filled.audit_rows()
-    assert 0 < 200 - len(left) <= n and left[0]["id"] == 201 - len(left)
-    assert run(filled, "verify").stdout.startswith(f"OK: {len(left)} rows intact")
-    cp = raw(filled.cfg.audit_db).execute("SELECT pruned_by, before, rows FROM checkpoints").fetchone()
-    assert cp[1].startswith("2026-10-03T00:00:00+02:00") and cp[2] == 200 - len(left) and cp[0]
-    assert "were pruned" in run(filled, "summary").stdout
+def test_prune_command_and_retention_setting(env):
+    env.data.mkdir(parents=True)
+    start = datetime.now(ROME).replace(hour=0, minute=30, second=0, microsecond=0) - timedelta(days=40)
+    log = AuditLog(env.cfg.audit_db)
+    log.append_many([make_row(i, at=start + timedelta(hours=i)) for i in range(200)])  # 40 days ago, ~8 days
+    log.close()
+    cut = (start + timedelta(days=3)).date().isoformat()
+    n = 3 * 24  # the rows of the first three days
+    out = run(env, "prune", "--before", cut, "--dry-run").stdout
+    assert out.startswith(f"would remove {n} attempt(s)")
+    assert len(env.audit_rows()) == 200
+    out = run(env, "prune", "--before", cut).stdout
+    assert out.startswith(f"removed {n} attempt(s)") and "checkpoint(s) 1..1" in out
+    left = env.audit_rows()
+    assert len(left) == 200 - n and left[0]["id"] == n + 1
+    assert run(env, "verify").stdout.startswith(f"OK: {200 - n} rows intact")
+    cp = raw(env.cfg.audit_db).execute("SELECT pruned_by, before, rows FROM checkpoints").fetchone()
+    assert cp[1].startswith(cut + "T00:00:00+") and cp[2] == n and cp[0]
+    assert f"({n} older attempts" in run(env, "summary").stdout
     # retention from the settings; nothing configured = a usage error
-    assert run(filled, "prune", code=2).exit_code == 2
-    filled.write_config("[audit]\nretention_days = 1\n")
-    run(filled, "prune")
-    assert filled.audit_rows() == []
-    assert run(filled, "verify").stdout.startswith("OK: 0 rows intact")
-    assert run(filled, "prune", "--before", "2999-01-01", code=2).exit_code == 2
+    assert run(env, "prune", code=2).exit_code == 2
+    env.write_config("[audit]\nretention_days = 1\n")
+    run(env, "prune")
+    assert env.audit_rows() == []
+    out = run(env, "verify").stdout
+    assert out.startswith("OK: 0 rows intact") and "200 earlier rows pruned under 2 checkpoint(s)" in out
+    tomorrow = (datetime.now(ROME) + timedelta(days=1)).date().isoformat()
+    assert "in the future" in run(env, "prune", "--before", tomorrow, code=2).output
 
 
 def test_audit_settings_are_validated(env):
