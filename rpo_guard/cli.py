@@ -223,6 +223,9 @@ cli.add_command(status)
 cli.add_command(watch)
 dnc.add_command(dnc_import)
 
+from .cli_audit import audit as _audit  # noqa: E402
+cli.add_command(_audit)
+
 
 def main() -> None:
     cli(prog_name="rpo-guard")

@@ -65,6 +65,13 @@ def _str(v: str) -> str:
     return v.strip()
 
 
+def _synchronous(v: str) -> str:
+    v = v.strip().lower()
+    if v not in ("normal", "full"):
+        raise ValueError("must be normal or full")
+    return v
+
+
 def _milliseconds(v: str) -> int:
     n = int(v)
     if not 1 <= n <= 60000:
@@ -209,6 +216,11 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "busy_timeout_ms": (_milliseconds, "200", "how long a lookup waits for a lock before failing closed (BLOCK/error)"),
         "audit_busy_timeout_ms": (_milliseconds, "2000", "how long an audit write waits for other writers before failing closed"),
         "file_mode": (_octal_mode, "0640", "permissions of databases the tool creates"),
+    },
+    "audit": {
+        "retention_days": (_nonneg_int, "0", "`audit prune` without --before removes attempts older than this many days; 0 = keep everything"),
+        "synchronous": (_synchronous, "normal", "audit.db durability: normal = a commit survives any crash of the process, the newest ones may be lost on a power cut; full = fsync on every commit, no record lost even then (a call waits longer for the write lock under load)"),
+        "digest_key_file": (_str, "", "file holding the HMAC-SHA256 key that signs `audit digest`; empty = unsigned digest, to anchor outside the machine"),
     },
 }
 
