@@ -1,25 +1,62 @@
-"""The audit log of call attempts (audit.db): one row per attempt.
+"""The audit log of call attempts (audit.db): one row per attempt, hash-chained.
 
 A separate SQLite file from the register: the register may be rebuilt, the
 audit log is append-only and never replaced. Triggers refuse UPDATE and
-DELETE. Written with the stdlib driver (this runs on every call); the schema
-is plain SQL kept here so a call can create the file if it is missing.
+DELETE (only ``rpo-guard audit prune`` lifts the DELETE one, inside its own
+transaction). Written with the stdlib driver (this runs on every call); the
+schema is plain SQL kept here so a call can create the file if it is missing.
+
+Tamper evidence: every row carries ``prev_hash`` (the ``hash`` of the row
+before it; for the very first row 64 zeros, after a prune the ``last_hash``
+of the newest checkpoint) and ``hash``::
+
+    hash = sha256_hex(prev_hash + "\\n" + canonical(row))
+    canonical(row) = JSON array [id, at, uniqueid, channel, callerid,
+        accountcode, brand, dialed, e164, decision, reason, basis, detail,
+        latency_ms, via], compact separators, UTF-8, non-ASCII unescaped
+        (Python ``json.dumps(values, ensure_ascii=False, separators=(",", ":"))``),
+        text columns as text, latency_ms as a float, NULL as null.
+
+Ids are consecutive (the writer gives id = previous id + 1), so a gap is a
+deleted row. The previous hash and the id are read inside the same
+``BEGIN IMMEDIATE`` transaction that inserts the rows: SQLite holds the one
+write lock from that read to the commit, so any number of AGI processes (and
+the FastAGI writer thread) chain correctly without any other coordination.
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 import sqlite3
 
+# This module is imported on every call. hashlib loads OpenSSL (~2 ms) and
+# json compiles its machinery (~1 ms): the interpreter's own SHA-256 module
+# and the small JSON writer below give the same bytes for the types a row
+# holds, and hand anything else to the json module itself.
+try:
+    from _sha2 import sha256 as _sha256  # CPython >= 3.12
+except ImportError:
+    try:
+        from _sha256 import sha256 as _sha256  # CPython 3.11
+    except ImportError:  # pragma: no cover - other interpreters
+        from hashlib import sha256 as _sha256
+
 AUDIT_SCHEMA_VERSION = 1
+GENESIS = "0" * 64
 
 COLUMNS = ("at", "uniqueid", "channel", "callerid", "accountcode", "brand", "dialed", "e164",
            "decision", "reason", "basis", "detail", "latency_ms", "via")
+HASHED = ("id",) + COLUMNS
+_LATENCY = COLUMNS.index("latency_ms")
+_BASIS = COLUMNS.index("basis")
 
-SCHEMA = """
+NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS attempts_no_delete BEFORE DELETE ON attempts
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only (old rows leave only through rpo-guard audit prune)'); END"""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS attempts (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    at          TEXT NOT NULL,      -- ISO 8601 with UTC offset, the rules' timezone
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- consecutive: previous id + 1
+    at          TEXT NOT NULL,      -- ISO 8601 with UTC offset, in the rules' timezone
     uniqueid    TEXT,               -- Asterisk agi_uniqueid
     channel     TEXT,
     callerid    TEXT,
@@ -32,19 +69,188 @@ CREATE TABLE IF NOT EXISTS attempts (
     basis       TEXT,               -- JSON: the consultation, consent or DNC entry that decided
     detail      TEXT,
     latency_ms  REAL,
-    via         TEXT                -- agi | fastagi
+    via         TEXT,               -- agi | fastagi
+    prev_hash   TEXT NOT NULL,      -- hash of the previous row (chain)
+    hash        TEXT NOT NULL UNIQUE -- sha256 over prev_hash and this row (see audit_log.py)
 );
-CREATE INDEX IF NOT EXISTS attempts_at ON attempts(at);
+CREATE INDEX IF NOT EXISTS attempts_time ON attempts(julianday(at));
 CREATE INDEX IF NOT EXISTS attempts_e164 ON attempts(e164);
 CREATE TRIGGER IF NOT EXISTS attempts_no_update BEFORE UPDATE ON attempts
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS attempts_no_delete BEFORE DELETE ON attempts
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+{NO_DELETE_TRIGGER};
+
+-- One row per prune: the pruned stretch of the chain, so what remains verifies.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    pruned_at       TEXT NOT NULL,  -- when (ISO 8601 with offset)
+    pruned_by       TEXT NOT NULL,  -- operating-system user
+    before          TEXT NOT NULL,  -- the cut: rows before this moment were removed
+    first_id        INTEGER NOT NULL,
+    last_id         INTEGER NOT NULL,
+    rows            INTEGER NOT NULL,
+    first_prev_hash TEXT NOT NULL,  -- prev_hash of the first removed row
+    last_hash       TEXT NOT NULL,  -- hash of the last removed row = prev_hash of the next one
+    first_at        TEXT,
+    last_at         TEXT,
+    counts          TEXT NOT NULL   -- JSON [[day, brand, decision, reason, n], ...] of the removed rows
+);
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+
+-- Views for sqlite-utils / Datasette / auditors' SQL.
+CREATE VIEW IF NOT EXISTS attempts_explained AS
+SELECT id, at, strftime('%Y-%m-%dT%H:%M:%fZ', at) AS at_utc, substr(at, 1, 10) AS day,
+       uniqueid, channel, callerid, accountcode, brand, dialed, e164, decision, reason,
+       json_extract(basis, '$.kind') AS basis_kind,
+       json_extract(basis, '$.batch_id') AS batch_id,
+       json_extract(basis, '$.consulted_on') AS consulted_on,
+       json_extract(basis, '$.consent_id') AS consent_id,
+       json_extract(basis, '$.given_at') AS consent_given_at,
+       json_extract(basis, '$.evidence') AS evidence,
+       json_extract(basis, '$.dnc_id') AS dnc_id,
+       detail, latency_ms, via, basis, prev_hash, hash
+FROM attempts;
+CREATE VIEW IF NOT EXISTS daily_counts AS
+SELECT substr(at, 1, 10) AS day, brand, decision, reason, count(*) AS attempts
+FROM attempts GROUP BY 1, 2, 3, 4;
 """
 
 
+_ESCAPES = {ord(c): e for c, e in (('"', '\\"'), ("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"),
+                                     ("\t", "\\t"), ("\b", "\\b"), ("\f", "\\f"))}
+for _i in range(0x20):
+    _ESCAPES.setdefault(_i, "\\u%04x" % _i)
+_ESCAPES_ASCII = {**_ESCAPES, 0x7F: "\\u007f"}
+
+
+def _utf8_str(s: str) -> str:
+    return '"' + s.translate(_ESCAPES) + '"'
+
+
+def _ascii_char(c: str) -> str:
+    n = ord(c)
+    if n < 0x80:
+        return c
+    if n < 0x10000:
+        return "\\u%04x" % n
+    n -= 0x10000
+    return "\\u%04x\\u%04x" % (0xD800 | (n >> 10), 0xDC00 | (n & 0x3FF))
+
+
+def _ascii_str(s: str) -> str:
+    s = s.translate(_ESCAPES_ASCII)
+    return '"' + (s if s.isascii() else "".join(map(_ascii_char, s))) + '"'
+
+
+class _Unusual(Exception):
+    pass
+
+
+def _json(v, item_sep: str, key_sep: str, enc=_utf8_str) -> str:
+    """json.dumps(v, sort_keys=True, separators=(item_sep, key_sep), allow_nan=False), with
+    ensure_ascii as ``enc`` says, for str, int, float, bool, None, list, tuple and str-keyed
+    dict; _Unusual for anything else."""
+    t = type(v)
+    if t is str:
+        return enc(v)
+    if v is None:
+        return "null"
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return int.__repr__(v)
+    if t is float:
+        if not math.isfinite(v):
+            raise _Unusual
+        return float.__repr__(v)
+    if t is list or t is tuple:
+        return "[" + item_sep.join(_json(x, item_sep, key_sep, enc) for x in v) + "]"
+    if t is dict:
+        if not all(type(k) is str for k in v):
+            raise _Unusual
+        return "{" + item_sep.join(enc(k) + key_sep + _json(v[k], item_sep, key_sep, enc)
+                                   for k in sorted(v)) + "}"
+    raise _Unusual
+
+
+def basis_text(basis) -> str:
+    """The stored text of the basis column: ``json.dumps(basis or {}, sort_keys=True)``."""
+    try:
+        return _json(basis or {}, ", ", ": ", _ascii_str)
+    except (_Unusual, RecursionError):
+        import json
+        return json.dumps(basis or {}, sort_keys=True)
+
+
+def canonical(row_id: int, values) -> bytes:
+    """The bytes a row's hash covers (besides prev_hash); values in COLUMNS order.
+
+    Equal to ``json.dumps([row_id, *values], ensure_ascii=False,
+    separators=(",", ":"), allow_nan=False).encode("utf-8")``.
+    """
+    try:
+        text = _json([row_id, *values], ",", ":")
+    except _Unusual:
+        import json
+        text = json.dumps([row_id, *values], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8")
+
+
+def row_hash(prev_hash: str, row_id: int, values) -> str:
+    return _sha256(prev_hash.encode("ascii") + b"\n" + canonical(row_id, values)).hexdigest()
+
+
+def chain_tail(conn) -> tuple[int, str]:
+    """(last id ever given, hash to chain onto).
+
+    The hash is the newest row's, else the newest checkpoint's, else GENESIS.
+    The id also honours sqlite_sequence, so rows deleted from the end by
+    hand leave a visible gap instead of having their ids reused.
+    """
+    r = conn.execute("SELECT id, hash FROM attempts ORDER BY id DESC LIMIT 1").fetchone()
+    if r is None:
+        r = conn.execute("SELECT last_id, last_hash FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+    last_id, last_hash = (r[0], r[1]) if r is not None else (0, GENESIS)
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'attempts'").fetchone()
+    if seq is not None and seq[0] > last_id:
+        last_id = seq[0]
+    return last_id, last_hash
+
+
+def values_of(row: dict) -> list:
+    """The row's COLUMNS values exactly as SQLite will store and return them."""
+    values = [row.get(c) for c in COLUMNS]
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        if i == _LATENCY:
+            v = float(v)
+            values[i] = v if math.isfinite(v) else None
+        elif i != _BASIS and not isinstance(v, str):
+            values[i] = str(v)
+    values[_BASIS] = basis_text(row.get("basis"))
+    return values
+
+
+SYNCHRONOUS = ("normal", "full")
+
+
 class AuditLog:
-    def __init__(self, path: str, busy_timeout_ms: int = 2000, file_mode: int = 0o640):
+    """The writer. ``synchronous``: ``normal`` (default) syncs the WAL at
+    checkpoints only: a commit survives any crash of the process; on a power
+    loss or OS crash the newest commits may be lost but the file and the
+    chain stay whole. ``full`` syncs on every commit: no record is lost even
+    then, but it holds the write lock through an fsync, so concurrent calls
+    wait longer for it (and a call whose attempt cannot be written within
+    ``busy_timeout_ms`` is refused).
+    """
+
+    def __init__(self, path: str, busy_timeout_ms: int = 2000, file_mode: int = 0o640,
+                 synchronous: str = "normal"):
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
         path = os.fspath(path)
         new = not os.path.exists(path)
         self.conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000,
@@ -57,6 +263,7 @@ class AuditLog:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version != AUDIT_SCHEMA_VERSION:
             self._create(version)
+        self.conn.execute(f"PRAGMA synchronous = {synchronous}")
 
     def _create(self, version: int) -> None:
         if version > AUDIT_SCHEMA_VERSION:
@@ -69,29 +276,35 @@ class AuditLog:
                 self.conn.execute("ROLLBACK")
             raise
 
-    @staticmethod
-    def _values(row: dict) -> list:
-        values = [row.get(c) for c in COLUMNS]
-        values[COLUMNS.index("basis")] = json.dumps(row.get("basis") or {}, sort_keys=True)
-        return values
-
-    _INSERT = f"INSERT INTO attempts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    _INSERT = (f"INSERT INTO attempts (id, {', '.join(COLUMNS)}, prev_hash, hash) "
+               f"VALUES ({', '.join('?' * (len(COLUMNS) + 3))})")
 
     def append(self, row: dict) -> int:
         """Record one attempt; returns its id."""
         return self.append_many([row])[0]
 
     def append_many(self, rows: list[dict]) -> list[int]:
-        """Record several attempts in one transaction; returns their ids in order."""
+        """Record several attempts in one transaction; returns their ids in order.
+
+        The chain's tail is read after the write lock is taken, so concurrent
+        writers (processes or threads with their own AuditLog) never fork it.
+        """
+        prepared = [values_of(r) for r in rows]
         ids = []
-        self.conn.execute("BEGIN IMMEDIATE")
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            for row in rows:
-                ids.append(self.conn.execute(self._INSERT, self._values(row)).lastrowid)
-            self.conn.execute("COMMIT")
+            last_id, prev = chain_tail(conn)
+            for values in prepared:
+                last_id += 1
+                h = row_hash(prev, last_id, values)
+                conn.execute(self._INSERT, (last_id, *values, prev, h))
+                ids.append(last_id)
+                prev = h
+            conn.execute("COMMIT")
         except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         return ids
 

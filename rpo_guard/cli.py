@@ -236,6 +236,9 @@ from .cli_fastagi import serve  # noqa: E402
 
 cli.add_command(serve)
 
+from .cli_audit import audit as _audit  # noqa: E402
+cli.add_command(_audit)
+
 
 def main() -> None:
     cli(prog_name="rpo-guard")

@@ -88,6 +88,13 @@ def _str(v: str) -> str:
     return v.strip()
 
 
+def _synchronous(v: str) -> str:
+    v = v.strip().lower()
+    if v not in ("normal", "full"):
+        raise ValueError("must be normal or full")
+    return v
+
+
 def _milliseconds(v: str) -> int:
     n = int(v)
     if not 1 <= n <= 60000:
@@ -242,6 +249,11 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "max_connections": (_positive_int, "1024", "sessions served at once; more are closed at once"),
         "lookup_threads": (_nonneg_int, "0", "0 = lookups in the event loop (fastest; bounded by SQLite's progress handler and busy timeout); N = in N threads (for storage that can stall)"),
         "drain_timeout_ms": (_milliseconds, "10000", "on SIGTERM, how long in-flight sessions may take to finish"),
+    },
+    "audit": {
+        "retention_days": (_nonneg_int, "0", "`audit prune` without --before removes attempts older than this many days; 0 = keep everything"),
+        "synchronous": (_synchronous, "normal", "audit.db durability: normal = a commit survives any crash of the process, the newest ones may be lost on a power cut; full = fsync on every commit, no record lost even then (a call waits longer for the write lock under load)"),
+        "digest_key_file": (_str, "", "file holding the HMAC-SHA256 key that signs `audit digest`; empty = unsigned digest, to anchor outside the machine"),
     },
 }
 

@@ -233,7 +233,8 @@ class AuditWriter:
                 self._log.close()
                 self._log = None
             if self._log is None:
-                self._log = AuditLog(self.cfg.audit_db, self.cfg.audit_busy_timeout_ms, self.cfg.file_mode)
+                self._log = AuditLog(self.cfg.audit_db, self.cfg.audit_busy_timeout_ms, self.cfg.file_mode,
+                                     synchronous=self.cfg.synchronous)
             ids = self._log.append_many(rows)
         except Exception as exc:
             self.failed += len(rows)

@@ -1,0 +1,45 @@
+"""The per-call JSON writer and SHA-256 of audit_log give exactly the bytes of json/hashlib."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rpo_guard.audit_log import COLUMNS, basis_text, canonical, row_hash, values_of
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(),
+                    st.floats(allow_nan=False, allow_infinity=False))
+nested = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=4),
+                                                       st.dictionaries(st.text(), kids, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(), nested, max_size=6))
+def test_basis_text_is_json_dumps_sorted(basis):
+    assert basis_text(basis) == json.dumps(basis, sort_keys=True)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(min_value=1), st.fixed_dictionaries({c: st.one_of(st.none(), st.text()) for c in COLUMNS}),
+       st.one_of(st.none(), st.floats(), st.integers(-10**6, 10**6)), st.text(alphabet="0123456789abcdef", min_size=64,
+                                                                            max_size=64))
+def test_canonical_and_hash_are_json_and_hashlib(row_id, row, latency, prev):
+    row = dict(row, latency_ms=latency, basis={"kind": row["reason"], "n": latency})
+    try:
+        json.dumps(row["basis"], allow_nan=False)
+    except ValueError:
+        row["basis"] = {}
+    values = values_of(row)
+    expect = json.dumps([row_id, *values], ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    assert canonical(row_id, values) == expect
+    assert row_hash(prev, row_id, values) == hashlib.sha256(prev.encode() + b"\n" + expect).hexdigest()
+
+
+def test_unusual_values_fall_back_to_the_json_module():
+    class Code(int):
+        pass
+    assert basis_text({"id": Code(4)}) == json.dumps({"id": Code(4)}, sort_keys=True)
+    assert basis_text({1: "x"}) == json.dumps({1: "x"}, sort_keys=True)
+    assert basis_text({"x": float("nan")}) == json.dumps({"x": float("nan")}, sort_keys=True)
