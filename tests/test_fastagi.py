@@ -360,6 +360,12 @@ def test_sigterm_with_calls_in_flight_loses_no_row(sample):
     # after the drain the server is gone: the dialplan blocks (FAILURE)
     after = run_fastagi("127.0.0.1", server.port, "rpo_guard", ["0612345678", "Energia Uno"])
     assert after.agistatus == "FAILURE" and not after.dialplan_allows
+    # the batched rows extend the audit log's hash chain like any other writer's
+    import subprocess
+    from fastagi_support import rpo_guard_bin
+    verify = subprocess.run([rpo_guard_bin(), "--config", str(env.conf), "audit", "verify"],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_sighup_reopens_and_keeps_serving(sample, server):
