@@ -38,7 +38,6 @@ BRAND = "Energia Uno"
 def build_register(data: Path, numbers: int) -> None:
     from datetime import date, datetime, timezone
 
-    from rpo_guard.audit_log import AuditLog
     from rpo_guard.schema import open_db
 
     import hashlib
@@ -72,7 +71,6 @@ def build_register(data: Path, numbers: int) -> None:
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    AuditLog(data / "audit.db").close()
     marker.touch()
     print(f"register: {numbers:,} numbers built in {time.perf_counter() - t0:.1f} s ({db_path})", flush=True)
 
@@ -196,8 +194,11 @@ def measure(proc, port: int, concurrency: int, seconds: float, numbers: int) -> 
     cpu0 = cpu_seconds(proc.pid)
     n, lat, errors, wall = asyncio.run(load(port, concurrency, seconds, numbers))
     cpu = cpu_seconds(proc.pid) - cpu0
+    if len(lat) < 2:
+        raise SystemExit(f"no answered calls at concurrency {concurrency} ({errors} errors): "
+                         "see failures.log in the data folder")
     lat.sort()
-    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [lat[0]] * 99
+    q = statistics.quantiles(lat, n=100, method="inclusive")
     return {"rate": n / wall, "p50": q[49] * 1000, "p99": q[98] * 1000, "n": n, "errors": errors,
             "cpu_us": cpu / max(n, 1) * 1e6}
 
@@ -224,6 +225,9 @@ def main() -> None:
     args = ap.parse_args([a for a in sys.argv[1:]])
     data = args.data_dir or Path(tempfile.gettempdir()) / f"rpo-guard-bench-{args.numbers}"
     build_register(data, args.numbers)
+    for p in data.glob("audit.db*"):  # a fresh audit log each run (its schema follows the code)
+        p.unlink()
+    (data / "failures.log").unlink(missing_ok=True)
     conf = data / "rpo-guard.conf"
     conf.write_text(f"[paths]\ndata_dir = {data}\nlog_file = {data / 'failures.log'}\n" + os.environ.get("RPO_BENCH_EXTRA_CONF", ""))
     env = dict(os.environ, RPO_GUARD_CONFIG=str(conf))
