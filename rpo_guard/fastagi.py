@@ -58,7 +58,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from urllib.parse import parse_qs
 
 from .decision import error_verdict
 from .failure_log import log_failure
@@ -92,12 +91,6 @@ def agi_args(env: dict[str, str]) -> list[str]:
         args.append(env[f"agi_arg_{i}"])
         i += 1
     return args
-
-
-def network_script(env: dict[str, str]) -> tuple[str, dict[str, list[str]]]:
-    """The script name of ``agi_network_script`` and its query string, parsed."""
-    script, _, query = env.get("agi_network_script", "").partition("?")
-    return script, parse_qs(query, keep_blank_values=True)
 
 
 @dataclass
@@ -273,7 +266,7 @@ class FastAGIServer:
         self._refused_logged: set = set()
         self._peer_cache: dict = {}
 
-    # ---- lookups (worker threads) -------------------------------------------------
+    # ---- lookups (in the loop, or in worker threads) -------------------------------
     def _lookup(self, dialed: str, brand: str, caller_id: str = "", callingpres: str = "",
                 deadline_at: float | None = None) -> Outcome:
         reader = getattr(self._tls, "reader", None)
@@ -290,7 +283,7 @@ class FastAGIServer:
 
     def _warm(self) -> None:
         """Open the register in every worker and import what a first lookup would."""
-        self._lookup("+390000000000", "")
+        self._lookup("+390000000000", "", "0612345678", "0")
         from . import numbers
         try:
             numbers.normalize("0612345678", (), "IT")
