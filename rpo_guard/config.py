@@ -61,6 +61,16 @@ def _octal_mode(v: str) -> int:
     return n
 
 
+def _group(v: str) -> str:
+    v = v.strip()
+    if not v:
+        return v
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?", v):
+        raise ValueError("must be a group name (letters, digits, _ . -) or a numeric id")
+    return v
+
+
 def _str(v: str) -> str:
     return v.strip()
 
@@ -215,7 +225,9 @@ SETTINGS: dict[str, dict[str, tuple]] = {
     "store": {
         "busy_timeout_ms": (_milliseconds, "200", "how long a lookup waits for a lock before failing closed (BLOCK/error)"),
         "audit_busy_timeout_ms": (_milliseconds, "2000", "how long an audit write waits for other writers before failing closed"),
-        "file_mode": (_octal_mode, "0640", "permissions of databases the tool creates"),
+        "file_mode": (_octal_mode, "0640", "permissions of databases the tool creates (with `group`: plus group read and write)"),
+        "group": (_group, "", "group given (chown) to the data folder and the databases the tool creates, e.g. asterisk; "
+                              "the folder becomes 2770 (setgid) instead of 0750; empty = leave the creator's group"),
     },
     "audit": {
         "retention_days": (_nonneg_int, "0", "`audit prune` without --before removes attempts older than this many days; 0 = keep everything"),

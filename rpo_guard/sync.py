@@ -364,7 +364,7 @@ def _writer(cfg):
     """The importing connection: schema applied, big page cache, patient lock wait."""
     from .schema import open_db
 
-    db = open_db(cfg.register_db, cfg.file_mode)
+    db = open_db(cfg.register_db, cfg.file_mode, cfg.group)
     conn = db.conn
     conn.execute("PRAGMA busy_timeout = 600000")  # wait for another import rather than fail
     conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
@@ -936,7 +936,7 @@ def dnc_add(cfg, number: str, brand: str = "", reason: str = "", who: str | None
     from .schema import open_db
 
     e164 = normalize(number, cfg.strip_prefixes, cfg.default_region)
-    db = db or open_db(cfg.register_db, cfg.file_mode)
+    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     with db.conn:
         cur = db.conn.execute(
             "INSERT OR IGNORE INTO dnc (number, brand, reason, added_by, added_at) VALUES (?, ?, ?, ?, ?)",
@@ -951,7 +951,7 @@ def dnc_remove(cfg, number: str, brand: str = "", who: str | None = None, db=Non
     from .schema import open_db
 
     e164 = normalize(number, cfg.strip_prefixes, cfg.default_region)
-    db = db or open_db(cfg.register_db, cfg.file_mode)
+    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     with db.conn:
         cur = db.conn.execute(
             "UPDATE dnc SET removed_by = ?, removed_at = ? WHERE number = ? AND brand = ? AND removed_at IS NULL",
@@ -965,7 +965,7 @@ def dnc_remove(cfg, number: str, brand: str = "", who: str | None = None, db=Non
 def dnc_list(cfg, number: str | None = None, brand: str | None = None, db=None) -> list[dict]:
     from .schema import open_db
 
-    db = db or open_db(cfg.register_db, cfg.file_mode)
+    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     sql, params = "SELECT number, brand, reason, added_by, added_at FROM dnc WHERE removed_at IS NULL", []
     if number:
         sql += " AND number = ?"
