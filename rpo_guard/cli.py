@@ -242,7 +242,12 @@ cli.add_command(_migrate)
 
 
 def main() -> None:
-    cli(prog_name="rpo-guard")
+    from .schema import SchemaError
+    try:
+        cli(prog_name="rpo-guard")
+    except SchemaError as exc:  # a tool that writes rpo.db met an older or newer schema
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
