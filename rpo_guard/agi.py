@@ -123,7 +123,8 @@ def run(argv: list[str]) -> int:
         if cfg is None:
             raise RuntimeError("no configuration, no audit log")
         from .audit_log import AuditLog
-        log = AuditLog(cfg.audit_db, cfg.audit_busy_timeout_ms, cfg.file_mode, synchronous=cfg.synchronous)
+        log = AuditLog(cfg.audit_db, cfg.audit_busy_timeout_ms, cfg.file_mode, synchronous=cfg.synchronous,
+                       group=cfg.group)
         try:
             audit_id = str(log.append(row))
         finally:

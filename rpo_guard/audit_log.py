@@ -42,6 +42,8 @@ except ImportError:
         from hashlib import sha256 as _sha256
 
 AUDIT_SCHEMA_VERSION = 1
+# Upgrade steps of audit.db, as rpo_guard.schema.STEPS (none yet: version 1 is current).
+AUDIT_STEPS: dict[int, tuple[str, tuple[str, ...]]] = {}
 GENESIS = "0" * 64
 
 COLUMNS = ("at", "uniqueid", "channel", "callerid", "accountcode", "brand", "dialed", "e164",
@@ -248,26 +250,29 @@ class AuditLog:
     """
 
     def __init__(self, path: str, busy_timeout_ms: int = 2000, file_mode: int = 0o640,
-                 synchronous: str = "normal"):
+                 synchronous: str = "normal", group: str = ""):
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
+        from .perms import create_file, fix_companions
+
         path = os.fspath(path)
-        new = not os.path.exists(path)
+        new = create_file(path, file_mode, group)  # mode and group set before any row lands
         self.conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000,
                                     isolation_level=None, check_same_thread=False)
-        if new:
-            try:
-                os.chmod(path, file_mode)
-            except OSError:
-                pass
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version != AUDIT_SCHEMA_VERSION:
             self._create(version)
+            if new:
+                fix_companions(path, file_mode, group)
         self.conn.execute(f"PRAGMA synchronous = {synchronous}")
 
     def _create(self, version: int) -> None:
         if version > AUDIT_SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"audit schema {version} is newer than this rpo_guard")
+            raise sqlite3.DatabaseError(f"audit schema version {version} is newer than this rpo_guard knows "
+                                        f"({AUDIT_SCHEMA_VERSION}): upgrade rpo_guard")
+        if version:
+            raise sqlite3.DatabaseError(f"audit schema version {version}, this rpo_guard needs "
+                                        f"{AUDIT_SCHEMA_VERSION} (run `rpo-guard migrate`)")
         self.conn.execute("PRAGMA journal_mode = WAL")
         try:
             self.conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {AUDIT_SCHEMA_VERSION}; COMMIT;")

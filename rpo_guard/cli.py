@@ -44,15 +44,26 @@ def cli(ctx, config_path):
 @cli.command()
 @pass_ctx
 def init(ctx):
-    """Create the data folder and both databases (safe to run again)."""
+    """Create the data folder and both databases (safe to run again).
+
+    The folder is created 0750, or 2770 (setgid) with a [store] group; the
+    databases with [store] file_mode (and the group). Existing files are left
+    as they are; their permission problems are printed (as by `status`).
+    """
+    from . import perms
     from .audit_log import AuditLog
-    from .schema import open_db
+    from .schema import SchemaError, open_db
 
     cfg = ctx.cfg
-    os.makedirs(cfg.data_dir, exist_ok=True)
-    open_db(cfg.register_db, cfg.file_mode).close()
-    AuditLog(cfg.audit_db, file_mode=cfg.file_mode).close()
+    try:
+        perms.make_data_dir(cfg.data_dir, cfg.group)
+        open_db(cfg.register_db, cfg.file_mode, cfg.group).close()
+        AuditLog(cfg.audit_db, file_mode=cfg.file_mode, group=cfg.group).close()
+    except (perms.PermissionProblem, SchemaError) as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"register: {cfg.register_db}\naudit:    {cfg.audit_db}")
+    for w in perms.check(cfg.data_dir, [cfg.register_db, cfg.audit_db], cfg.file_mode, cfg.group):
+        click.echo(f"warning: {w}", err=True)
 
 
 def _parse_at(text: str | None, tz: str) -> datetime | None:
@@ -239,9 +250,17 @@ cli.add_command(serve)
 from .cli_audit import audit as _audit  # noqa: E402
 cli.add_command(_audit)
 
+from .cli_migrate import migrate as _migrate  # noqa: E402
+cli.add_command(_migrate)
+
 
 def main() -> None:
-    cli(prog_name="rpo-guard")
+    from .schema import SchemaError
+    try:
+        cli(prog_name="rpo-guard")
+    except SchemaError as exc:  # a tool that writes rpo.db met an older or newer schema
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,11 @@ def status(ctx, as_json):
 
     Exit status (Nagios style): 0 OK; 1 an import failed after the last
     successful one; 2 a brand (or, without brands, the shared account) has no
-    valid consultation: every call would be blocked; 3 the database cannot be read.
+    valid consultation: every call would be blocked; or the register's schema
+    needs `rpo-guard migrate`; or the data folder or a database is
+    world-writable; 3 the database cannot be read. Other permission problems
+    (world-readable, looser than [store] file_mode, wrong group) are printed
+    as warnings without changing the exit status.
     """
     from .sync import ImportFailed, status_report
 
@@ -146,6 +150,10 @@ def status(ctx, as_json):
         click.echo(f"  FAILED {f['at']} {f['kind']} {f['file']}: {f['error']}")
     if rep["nothing_valid"]:
         click.echo(f"  nothing valid for: {', '.join(rep['nothing_valid'])} (every call is blocked)")
+    if rep["schema_problem"]:
+        click.echo(f"  register {rep['schema_problem']}")
+    for w in rep["permissions"]:
+        click.echo(f"  permissions: {w}")
     sys.exit(rep["exit"])
 
 

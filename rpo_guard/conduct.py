@@ -23,7 +23,7 @@ def caller_id_add(cfg, number: str, brand: str = "", note: str = "", who: str | 
     from .schema import open_db
 
     e164 = normalize_declared(number)
-    db = db or open_db(cfg.register_db, cfg.file_mode)
+    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     with db.conn:
         cur = db.conn.execute(
             "INSERT OR IGNORE INTO caller_ids (number, brand, note, added_by, added_at) VALUES (?, ?, ?, ?, ?)",
@@ -39,7 +39,7 @@ def caller_id_remove(cfg, number: str, brand: str = "", who: str | None = None, 
     from .schema import open_db
 
     e164 = normalize_declared(number)
-    db = db or open_db(cfg.register_db, cfg.file_mode)
+    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     with db.conn:
         cur = db.conn.execute(
             "UPDATE caller_ids SET removed_by = ?, removed_at = ? WHERE number = ? AND brand = ?"
@@ -55,7 +55,7 @@ def caller_id_list(cfg, brand: str | None = None, db=None) -> list[dict]:
     """Active declarations; with ``brand``, those that apply to it (its own and every-brand ones)."""
     from .schema import open_db
 
-    db = db or open_db(cfg.register_db, cfg.file_mode)
+    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     sql, params = "SELECT number, brand, note, added_by, added_at FROM caller_ids WHERE removed_at IS NULL", []
     if brand is not None:
         sql += " AND brand IN ('', ?)"
@@ -77,7 +77,7 @@ def silent_call_add(cfg, number: str, brand: str = "", at: datetime | None = Non
     at = local_time(at, cfg.timezone) if at is not None else now
     if at > now + timedelta(minutes=5):
         raise ValueError(f"the silent call at {at.isoformat(timespec='seconds')} is in the future")
-    db = db or open_db(cfg.register_db, cfg.file_mode)
+    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     with db.conn:
         db.conn.execute(
             "INSERT INTO silent_calls (number, brand, at, on_day, uniqueid, source, recorded_by, recorded_at)"

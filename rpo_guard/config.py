@@ -84,6 +84,16 @@ def _networks(v: str) -> tuple:
     return out
 
 
+def _group(v: str) -> str:
+    v = v.strip()
+    if not v:
+        return v
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?", v):
+        raise ValueError("must be a group name (letters, digits, _ . -) or a numeric id")
+    return v
+
+
 def _str(v: str) -> str:
     return v.strip()
 
@@ -238,7 +248,9 @@ SETTINGS: dict[str, dict[str, tuple]] = {
     "store": {
         "busy_timeout_ms": (_milliseconds, "200", "how long a lookup waits for a lock before failing closed (BLOCK/error)"),
         "audit_busy_timeout_ms": (_milliseconds, "2000", "how long an audit write waits for other writers before failing closed"),
-        "file_mode": (_octal_mode, "0640", "permissions of databases the tool creates"),
+        "file_mode": (_octal_mode, "0640", "permissions of databases the tool creates (with `group`: plus group read and write)"),
+        "group": (_group, "", "group given (chown) to the data folder and the databases the tool creates, e.g. asterisk; "
+                              "the folder becomes 2770 (setgid) instead of 0750; empty = leave the creator's group"),
     },
     "fastagi": {
         "listen": (_listen, "127.0.0.1:4573", "address:port `rpo-guard serve` binds (IPv6 as [addr]:port)"),

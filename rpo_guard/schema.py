@@ -12,21 +12,46 @@ from __future__ import annotations
 
 import os
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Upgrade steps of rpo.db: the version a step reaches -> (what it does, SQL statements).
+# Version 1 is the first released schema (the block in ensure_schema, frozen in
+# tests/data/rpo_v1.sql). A fresh database runs the v1 block and then these same
+# statements, so a fresh and a migrated database hold the same objects.
+# Never edit a released step: add a new one.
+STEPS: dict[int, tuple[str, tuple[str, ...]]] = {
+    2: ("schema_migrations (what was applied, when, by whom, with which rpo_guard); "
+        "index consents(brand, kind) for `status` and the per-brand counts",
+        ("CREATE TABLE IF NOT EXISTS schema_migrations ("
+         " version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL, applied_by TEXT NOT NULL,"
+         " rpo_guard TEXT NOT NULL, description TEXT NOT NULL)",
+         "CREATE INDEX IF NOT EXISTS consents_brand ON consents(brand, kind)")),
+}
 
 
-def open_db(path, mode: int = 0o640):
-    """Open (creating if needed) the register database, schema applied."""
+class SchemaError(RuntimeError):
+    pass
+
+
+def open_db(path, mode: int = 0o640, group: str = ""):
+    """Open (creating if needed) the register database, schema applied.
+
+    A new file is created at SCHEMA_VERSION with ``mode`` and ``group`` (see
+    rpo_guard.perms) and so are its -wal/-shm; an older schema is refused
+    (SchemaError: run `rpo-guard migrate`), and so is a newer one.
+    """
     import sqlite_utils
 
+    from . import perms
+
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    new = not os.path.exists(path)
+    perms.make_data_dir(os.path.dirname(os.path.abspath(path)), group)
+    new = perms.create_file(path, mode, group)
     db = sqlite_utils.Database(path)
     db.conn.execute("PRAGMA busy_timeout = 5000")
-    if new:
-        os.chmod(path, mode)
     ensure_schema(db)
+    if new:
+        perms.fix_companions(path, mode, group)
     refresh_holidays(db)
     return db
 
@@ -48,8 +73,9 @@ def ensure_schema(db) -> None:
     version = db.conn.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(f"{db.conn} has schema {version}, newer than this rpo_guard ({SCHEMA_VERSION})")
+    check_version(version, SCHEMA_VERSION, "register database")
+    # version 0: a new file. Every statement is IF NOT EXISTS / OR REPLACE, so a creation
+    # cut short (sqlite-utils commits each table) is completed by the next open.
     with db.conn:
         db["batches"].create({
             "id": int, "kind": str, "source_file": str, "sha256": str, "shape": str, "rows": int,
@@ -100,4 +126,42 @@ def ensure_schema(db) -> None:
                               not_null={"year", "name"}, if_not_exists=True)
         db["holiday_years"].create({"year": int, "source": str}, pk="year", not_null={"source"},
                                    if_not_exists=True)
+        # later versions: the same statements `rpo-guard migrate` runs
+        for step in sorted(STEPS):
+            for sql in STEPS[step][1]:
+                db.conn.execute(sql)
+        record(db.conn, SCHEMA_VERSION, f"created at version {SCHEMA_VERSION}")
         db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def check_version(version: int, current: int, what: str) -> None:
+    """SchemaError unless ``version`` is 0 (new) or ``current``."""
+    if version > current:
+        raise SchemaError(f"{what} has schema version {version}, newer than this rpo_guard knows ({current}): "
+                          "upgrade rpo_guard")
+    if 0 < version < current:
+        raise SchemaError(f"{what} has schema version {version}, this rpo_guard needs {current} "
+                          "(run `rpo-guard migrate`)")
+
+
+def record(conn, version: int, description: str) -> None:
+    """One row of schema_migrations: what was applied, when, by whom, with which rpo_guard."""
+    import getpass
+    from datetime import datetime, timezone
+
+    try:
+        who = getpass.getuser()
+    except Exception:  # no user name for this uid (containers)
+        who = str(os.getuid())
+    conn.execute("INSERT OR REPLACE INTO schema_migrations (version, applied_at, applied_by, rpo_guard, description)"
+                 " VALUES (?, ?, ?, ?, ?)",
+                 (version, datetime.now(timezone.utc).isoformat(timespec="seconds"), who, package_version(),
+                  description))
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("rpo_guard")
+    except PackageNotFoundError:
+        return "unknown"

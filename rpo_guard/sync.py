@@ -364,7 +364,7 @@ def _writer(cfg):
     """The importing connection: schema applied, big page cache, patient lock wait."""
     from .schema import open_db
 
-    db = open_db(cfg.register_db, cfg.file_mode)
+    db = open_db(cfg.register_db, cfg.file_mode, cfg.group)
     conn = db.conn
     conn.execute("PRAGMA busy_timeout = 600000")  # wait for another import rather than fail
     conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
@@ -936,7 +936,7 @@ def dnc_add(cfg, number: str, brand: str = "", reason: str = "", who: str | None
     from .schema import open_db
 
     e164 = normalize(number, cfg.strip_prefixes, cfg.default_region)
-    db = db or open_db(cfg.register_db, cfg.file_mode)
+    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     with db.conn:
         cur = db.conn.execute(
             "INSERT OR IGNORE INTO dnc (number, brand, reason, added_by, added_at) VALUES (?, ?, ?, ?, ?)",
@@ -951,7 +951,7 @@ def dnc_remove(cfg, number: str, brand: str = "", who: str | None = None, db=Non
     from .schema import open_db
 
     e164 = normalize(number, cfg.strip_prefixes, cfg.default_region)
-    db = db or open_db(cfg.register_db, cfg.file_mode)
+    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     with db.conn:
         cur = db.conn.execute(
             "UPDATE dnc SET removed_by = ?, removed_at = ? WHERE number = ? AND brand = ? AND removed_at IS NULL",
@@ -965,7 +965,7 @@ def dnc_remove(cfg, number: str, brand: str = "", who: str | None = None, db=Non
 def dnc_list(cfg, number: str | None = None, brand: str | None = None, db=None) -> list[dict]:
     from .schema import open_db
 
-    db = db or open_db(cfg.register_db, cfg.file_mode)
+    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     sql, params = "SELECT number, brand, reason, added_by, added_at FROM dnc WHERE removed_at IS NULL", []
     if number:
         sql += " AND number = ?"
@@ -983,8 +983,15 @@ def status_report(cfg, today: date | None = None) -> dict:
     """Freshness per brand, for `rpo-guard status` and monitoring.
 
     ``exit``: 0 fine; 1 an import failed after the last successful one;
-    2 some brand (or the shared account) has no valid consultation at all.
+    2 some brand (or the shared account) has no valid consultation at all,
+    the register's schema is not this rpo_guard's (every call is blocked
+    until `rpo-guard migrate`), or the data folder or a database is
+    world-writable (anyone on the machine could rewrite the register or
+    the audit log). ``permissions`` lists every permission problem
+    (rpo_guard.perms.check); only world-writable ones change ``exit``.
     """
+    from . import perms
+    from .schema import SCHEMA_VERSION
     from urllib.parse import quote
 
     today = today or _now(cfg.timezone).date()
@@ -993,6 +1000,11 @@ def status_report(cfg, today: date | None = None) -> dict:
         raise ImportFailed(f"{path}: register database not found (run `rpo-guard init`)")
     conn = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True, timeout=5)
     try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        schema_problem = "" if version == SCHEMA_VERSION else (
+            f"schema version {version}, this rpo_guard needs {SCHEMA_VERSION}: every call is blocked"
+            + (" (run `rpo-guard migrate`)" if version < SCHEMA_VERSION else " (upgrade rpo_guard)"))
+        warnings = perms.check(cfg.data_dir, [cfg.register_db, cfg.audit_db], cfg.file_mode, cfg.group)
         t, soon = today.isoformat(), (today + timedelta(days=3)).isoformat()
         batches = conn.execute(
             "SELECT id, brand, consulted_on, valid_until FROM batches WHERE kind = 'consultation' AND status = 'ok'"
@@ -1034,11 +1046,13 @@ def status_report(cfg, today: date | None = None) -> dict:
         # a brand of its own with nothing valid, or nothing valid at all: every call would be blocked
         nothing_valid = [b["brand"] or "(shared)" for b in per_brand if b["valid_consultations"] == 0
                          and (b["brand"] or not brands)]
-        code = 2 if nothing_valid else (1 if failed else 0)
+        critical = nothing_valid or schema_problem or perms.world_writable(warnings)
+        code = 2 if critical else (1 if failed else 0)
         return {
             "today": t, "database": str(path), "brands": per_brand, "last_import": last_import,
             "failed_since_last_success": [dict(zip(("batch", "kind", "file", "at", "error"), f)) for f in failed],
-            "nothing_valid": nothing_valid, "exit": code,
+            "nothing_valid": nothing_valid, "schema_version": version, "schema_problem": schema_problem,
+            "permissions": warnings, "exit": code,
         }
     finally:
         conn.close()
