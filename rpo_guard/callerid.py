@@ -25,6 +25,8 @@ the way in, as the numbers of the register are).
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .decision import (CID_0843, CID_0844, CID_FIXED, CID_FOREIGN, CID_HIDDEN, CID_INVALID, CID_MOBILE,
                        CID_OTHER, CID_UNCLASSIFIED, CallerId)
 from .numbers import InvalidNumber, candidate_e164, clean
@@ -69,8 +71,12 @@ def agcom_range(s: str) -> tuple[str, str] | None:
     return "+39" + national, kind
 
 
+@lru_cache(maxsize=4096)
 def classify(raw: str) -> tuple[str | None, str]:
-    """(E.164 or None, kind) of a caller ID that is not hidden."""
+    """(E.164 or None, kind) of a caller ID that is not hidden.
+
+    Cached: a call center presents a handful of caller IDs, and a
+    long-running server (FastAGI) then parses each one once."""
     s = clean(raw)
     if s is None:
         return None, CID_INVALID

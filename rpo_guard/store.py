@@ -59,6 +59,11 @@ class Store:
             self.conn.close()
             raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION} "
                              "(run `rpo-guard migrate`)")
+        # Facts that are not about the number (declared caller IDs, cached
+        # holidays) are kept between calls of a long-running server while
+        # PRAGMA data_version says no other connection has committed since.
+        self._shared: dict = {}
+        self._shared_version = None
 
     def close(self) -> None:
         self.conn.close()
@@ -78,6 +83,11 @@ class Store:
         when = None
         c.execute("BEGIN")
         try:
+            version = c.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._shared_version:
+                self._shared.clear()
+                self._shared_version = version
+            shared = self._shared
             consultations = tuple(
                 Consultation(batch_id=r[0], consulted_on=date.fromisoformat(r[1]), registered=bool(r[2]),
                              brand=r[3], registration_date=_day(r[4]))
@@ -89,14 +99,20 @@ class Store:
             dnc = tuple(DncEntry(id=r[0], brand=r[1], reason=r[2] or "") for r in c.execute(_DNC, (e164, brand)))
             since = (today - timedelta(days=silent_call_days)).isoformat()
             silent = tuple(SilentCall(id=r[0], on=date.fromisoformat(r[1])) for r in c.execute(_SILENT, (e164, since)))
-            declared = tuple(sorted({r[0] for r in c.execute(_CALLER_IDS, (brand,))}))
+            declared = shared.get(("caller_ids", brand))
+            if declared is None:
+                declared = shared[("caller_ids", brand)] = tuple(
+                    sorted({r[0] for r in c.execute(_CALLER_IDS, (brand,))}))
             if at is not None:
                 from .calendar_it import call_time, local_time
                 day = local_time(at, tz).date()
                 nxt = day + timedelta(days=1)
-                years = {r[0] for r in c.execute(_HOLIDAY_YEARS, (day.year, nxt.year))}
-                found = dict(c.execute(_HOLIDAYS, (day.isoformat(), nxt.isoformat())).fetchall())
-                cached = {d: found.get(d.isoformat(), "") for d in (day, nxt) if d.year in years}
+                cached = shared.get(("holidays", day))
+                if cached is None:
+                    years = {r[0] for r in c.execute(_HOLIDAY_YEARS, (day.year, nxt.year))}
+                    found = dict(c.execute(_HOLIDAYS, (day.isoformat(), nxt.isoformat())).fetchall())
+                    cached = shared[("holidays", day)] = {
+                        d: found.get(d.isoformat(), "") for d in (day, nxt) if d.year in years}
                 when = call_time(at, tz, local_holidays, cached)
         finally:
             c.execute("COMMIT")
