@@ -246,7 +246,7 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "observer": (_observer, "auto", "watcher backend: auto (inotify where available), polling (NFS/CIFS)"),
     },
     "store": {
-        "busy_timeout_ms": (_milliseconds, "200", "how long a lookup waits for a lock before failing closed (BLOCK/error)"),
+        "busy_timeout_ms": (_milliseconds, "1000", "how long a lookup waits for a lock before failing closed (BLOCK/error)"),
         "audit_busy_timeout_ms": (_milliseconds, "2000", "how long an audit write waits for other writers before failing closed"),
         "file_mode": (_octal_mode, "0640", "permissions of databases the tool creates (with `group`: plus group read and write)"),
         "group": (_group, "", "group given (chown) to the data folder and the databases the tool creates, e.g. asterisk; "

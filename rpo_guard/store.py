@@ -46,7 +46,7 @@ def _day(text: str | None) -> date | None:
 
 
 class Store:
-    def __init__(self, path: str, busy_timeout_ms: int = 200):
+    def __init__(self, path: str, busy_timeout_ms: int = 1000):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise StoreError(f"{path}: register database not found")

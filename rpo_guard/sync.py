@@ -435,6 +435,11 @@ def _transaction(cfg, b: _Batch, fill: Callable) -> tuple[int, bool]:
                      (b.stats.get("rows", 0), b.stats.get("registered"), round(time.monotonic() - started, 3),
                       batch_id))
         conn.commit()
+        # Copy the import into the database now, without blocking readers: if
+        # this connection is the last one open, closing it checkpoints what is
+        # left under an exclusive lock, which would make a lookup opening the
+        # file at that moment wait.
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return batch_id, False
     except BaseException:
         if conn.in_transaction:
