@@ -93,7 +93,7 @@ def run(argv: list[str]) -> int:
 
     cfg = None
     try:
-        cfg = config_mod.load(config_path)
+        cfg = config_mod.load(config_path, skip=("fastagi", "sync"))
     except Exception as exc:
         log_failure(f"configuration: {exc}")
     log_file = cfg.log_file if cfg else None

@@ -312,7 +312,14 @@ def resolve_path(explicit: str | None) -> tuple[str, bool]:
     return DEFAULT_PATH, False
 
 
-def load(explicit: str | None = None) -> Config:
+def load(explicit: str | None = None, skip: tuple[str, ...] = ()) -> Config:
+    """Load and check the configuration.
+
+    ``skip`` names sections whose values the caller does not use (the process
+    AGI skips [fastagi] and [sync]: checking addresses costs it an import on
+    every call); their fields are None. Unknown sections and keys are still
+    refused everywhere; `rpo-guard serve`, `watch` and `status` check the rest.
+    """
     import configparser
 
     path, required = resolve_path(explicit)
@@ -356,6 +363,9 @@ def load(explicit: str | None = None) -> Config:
                                   f"(known: {', '.join(SETTINGS[section])})")
     for section, keys in SETTINGS.items():
         for key, (parse, default, _doc) in keys.items():
+            if section in skip:
+                values[key] = None
+                continue
             text = parser.get(section, key, fallback=default) if parser.has_section(section) else default
             try:
                 values[key] = parse(text)
