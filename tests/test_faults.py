@@ -132,3 +132,27 @@ def test_agi_killed_mid_call(data):
     s = result["s"]
     assert pids and s.agistatus == "FAILURE" and s.exit_code == -9
     assert not s.dialplan_allows
+
+
+def test_fastagi_server_hung():
+    """A server that accepts and never answers: Asterisk waits (it has no FastAGI
+    read timeout, transcript 13 waited 3 s) until the caller gives up; the call is
+    never dialed, and the dialplan sees HANGUP."""
+    import socket as so
+
+    from rpo_guard.harness import run_fastagi
+    srv = so.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    held = []
+    t = threading.Thread(target=lambda: held.append(srv.accept()), daemon=True)
+    t.start()
+    try:
+        s = run_fastagi("127.0.0.1", port, "rpo_guard", ["3331234567", "B"], Channel(), hangup_after=0.5, timeout=2)
+    finally:
+        for conn, _addr in held:
+            conn.close()
+        srv.close()
+    assert s.agistatus in ("HANGUP", "TIMEOUT")
+    assert not s.dialplan_allows and s.result == ""
