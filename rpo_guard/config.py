@@ -123,12 +123,13 @@ def _switch(v: str) -> bool:
 
 def _window(v: str):
     """``HH:MM-HH:MM`` -> (start, end) times; the end is excluded."""
-    import re
     from datetime import time
     try:
         a, b = (part.strip() for part in v.split("-"))
-        if not (re.fullmatch(r"\d\d:\d\d", a) and re.fullmatch(r"\d\d:\d\d", b)):
-            raise ValueError
+        for part in (a, b):
+            if not (len(part) == 5 and part[2] == ":" and (part[:2] + part[3:]).isascii()
+                    and (part[:2] + part[3:]).isdigit()):
+                raise ValueError
         start, end = time.fromisoformat(a), time.fromisoformat(b)
     except ValueError:
         raise ValueError("must be HH:MM-HH:MM") from None

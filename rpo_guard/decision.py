@@ -8,7 +8,7 @@ store, the AGI, the FastAGI server, the CLI) gather the facts and hand them to
 from __future__ import annotations
 
 from collections import namedtuple
-from datetime import date, datetime, time, timedelta
+from datetime import date, time, timedelta
 
 ALLOW = "ALLOW"
 BLOCK = "BLOCK"

@@ -6,21 +6,20 @@ failure becomes ``BLOCK``/``error`` with the cause in ``detail``.
 """
 from __future__ import annotations
 
-import re
 import time
 from collections import namedtuple
 from datetime import datetime
 
-from .decision import CallFacts, Policy, Verdict, decide, error_verdict
+from .decision import CallFacts, Policy, decide, error_verdict
 from .numbers import InvalidNumber, candidate_e164, normalize
 
-_SAFE_VALUE = re.compile(r"[A-Za-z0-9_]{1,64}")
 RESULT_VALUES = frozenset({"ALLOW", "BLOCK"})
 
 
 def safe_value(value: str, allowed: frozenset | None = None) -> bool:
     """Only short [A-Za-z0-9_] words ever reach the AGI stream."""
-    return bool(_SAFE_VALUE.fullmatch(value)) and (allowed is None or value in allowed)
+    return (isinstance(value, str) and 1 <= len(value) <= 64 and value.isascii()
+            and value.replace("_", "a").isalnum() and (allowed is None or value in allowed))
 
 
 class Outcome(namedtuple("Outcome", "verdict e164 at")):

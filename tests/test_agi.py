@@ -2,7 +2,6 @@
 import re
 import sqlite3
 import threading
-import time
 
 import pytest
 
@@ -168,7 +167,6 @@ def test_empty_environment_and_no_arguments_block(data):
 
 
 def test_killed_agi_is_a_failure_the_dialplan_blocks(data):
-    import os
     import signal
 
     data.consult([("3470000000", "no")], name="x.csv")

@@ -6,7 +6,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from conftest import agi_path, today_rome
+from conftest import today_rome
 from rpo_guard.cli import cli
 
 

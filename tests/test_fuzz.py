@@ -8,10 +8,10 @@ import re
 import sqlite3
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Env, agi_path, days, today_rome
+from conftest import Env, agi_path, today_rome
 from rpo_guard import config as config_mod
 from rpo_guard.harness import Channel, encode_env, run_process_agi
 from rpo_guard.numbers import InvalidNumber, candidate_e164, normalize
