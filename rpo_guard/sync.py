@@ -909,8 +909,8 @@ def _free_name(folder: Path, name: str) -> Path:
             return target
 
 
-def quarantine(path: Path, reason: str, folder: Path) -> Path:
-    """Move a rejected file (and its manifest) into ``folder`` with ``<name>.reason.txt`` beside it."""
+def move_done(path: Path, folder: Path) -> Path:
+    """Move an imported file (and its manifest) into ``folder`` under a free name."""
     path = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     target = _free_name(folder, path.name)
@@ -918,20 +918,15 @@ def quarantine(path: Path, reason: str, folder: Path) -> Path:
     man = manifest_path(path)
     if man.exists():
         shutil.move(str(man), manifest_path(target))
-    Path(str(target) + ".reason.txt").write_text(
-        f"{reason}\n\nfile: {path}\nquarantined: {datetime.now().astimezone().isoformat(timespec='seconds')}\n",
-        encoding="utf-8")
     return target
 
 
-def move_done(path: Path, folder: Path) -> Path:
-    path = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = _free_name(folder, path.name)
-    shutil.move(str(path), target)
-    man = manifest_path(path)
-    if man.exists():
-        shutil.move(str(man), manifest_path(target))
+def quarantine(path: Path, reason: str, folder: Path) -> Path:
+    """Move a rejected file (and its manifest) into ``folder`` with ``<name>.reason.txt`` beside it."""
+    target = move_done(path, folder)
+    Path(str(target) + ".reason.txt").write_text(
+        f"{reason}\n\nfile: {path}\nquarantined: {datetime.now().astimezone().isoformat(timespec='seconds')}\n",
+        encoding="utf-8")
     return target
 
 
