@@ -87,13 +87,18 @@ def call_time(at: datetime, tz: str, local_holidays: tuple[str, ...] = (),
     days the register database could answer; a day missing from it is asked
     of the ``holidays`` package.
     """
-    local = local_time(at, tz)
+    return local_call_time(local_time(at, tz), local_holidays, cached)
+
+
+def local_call_time(local: datetime, local_holidays: tuple[str, ...] = (),
+                    cached: dict[date, str | None] | None = None) -> CallTime:
+    """:func:`call_time` of a time already local (as :func:`local_time` returns it)."""
     cached = cached or {}
 
     def name(day: date) -> str:
         national = cached[day] if day in cached else national_holidays(day.year).get(day, "")
-        loc = local_holiday(day, local_holidays)
-        return "; ".join(n for n in (national, loc) if n)
+        loc = local_holiday(day, local_holidays) if local_holidays else ""
+        return f"{national}; {loc}" if national and loc else national or loc
 
     day = local.date()
     return CallTime(local=local, holiday=name(day), next_holiday=name(day + timedelta(days=1)))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from collections import namedtuple
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
+from .calendar_it import local_time
 from .decision import CallFacts, Policy, decide, error_verdict
 from .numbers import InvalidNumber, candidate_e164, normalize
 
@@ -28,48 +30,42 @@ class Outcome(namedtuple("Outcome", "verdict e164 at")):
     __slots__ = ()
 
 
-def resolve_number(store, raw: str, cfg) -> str | None:
-    """E.164 of the dialed string, or None when it is not a valid number.
-
-    A number the store holds was validated by phonenumbers when it came in,
-    so for the unambiguous forms the store answers and phonenumbers (10 ms to
-    import) stays off the call path. Everything else goes through phonenumbers.
-    """
-    if cfg.default_region == "IT":
-        e164 = candidate_e164(raw, cfg.strip_prefixes)
-        if e164 is not None and store.knows(e164):
-            return e164
-    try:
-        return normalize(raw, cfg.strip_prefixes, cfg.default_region)
-    except InvalidNumber:
-        return None
-
-
 def check_call(cfg, store, raw: str, brand: str = "", at: datetime | None = None,
                caller_id: str | None = None, callingpres: str | None = None,
                policy: Policy | None = None) -> Outcome:
     """Check one call. ``at`` defaults to the clock; ``caller_id`` is the
     presented number (None = not known: the caller-ID rule then blocks unless
     ``policy`` turns it off); ``callingpres`` is Asterisk's presentation value."""
-    from .calendar_it import local_time
-
-    at = local_time(at if at is not None else datetime.now().astimezone(), cfg.timezone)
+    at = datetime.now(ZoneInfo(cfg.timezone)) if at is None else local_time(at, cfg.timezone)
     brand = (brand or "").strip()
     policy = policy or cfg.policy
     e164 = None
     try:
         if store is None:
             raise RuntimeError("register database unavailable")
-        e164 = resolve_number(store, raw, cfg)
+        when = at if policy.calling_hours else None
+        facts = None
+        # A number a table holds was validated by phonenumbers when it came in, so for
+        # the unambiguous forms the store answers (in the same statement as the facts)
+        # and phonenumbers (10 ms to import) stays off the call path.
+        candidate = candidate_e164(raw, cfg.strip_prefixes) if cfg.default_region == "IT" else None
+        if candidate is not None:
+            facts, known = store.lookup(candidate, brand, at.date(), when, cfg.local_holidays,
+                                        cfg.silent_call_days, cfg.timezone)
+            e164 = candidate if known else None
         if e164 is None:
-            facts = CallFacts(today=at.date(), e164=None, brand=brand)
-        else:
-            facts = store.facts(e164, brand, at.date(), at=at if policy.calling_hours else None,
-                                local_holidays=cfg.local_holidays,
-                                silent_call_days=cfg.silent_call_days, tz=cfg.timezone)
-            if caller_id is not None and policy.caller_id_check:
-                from .callerid import read
-                facts = facts._replace(caller_id=read(caller_id, callingpres, facts.declared_caller_ids))
+            try:
+                e164 = normalize(raw, cfg.strip_prefixes, cfg.default_region)
+            except InvalidNumber:
+                e164 = None
+            if e164 is None:
+                facts = CallFacts(today=at.date(), e164=None, brand=brand)
+            elif e164 != candidate:
+                facts = store.facts(e164, brand, at.date(), when, cfg.local_holidays,
+                                    cfg.silent_call_days, cfg.timezone)
+        if e164 is not None and caller_id is not None and policy.caller_id_check:
+            from .callerid import read
+            facts = facts._replace(caller_id=read(caller_id, callingpres, facts.declared_caller_ids))
         verdict = decide(facts, policy)
     except Exception as exc:  # fail closed, whatever went wrong
         verdict = error_verdict(f"{type(exc).__name__}: {exc}")

@@ -12,6 +12,7 @@ import os
 import sqlite3
 from datetime import date, datetime, timedelta
 
+from .calendar_it import local_call_time, local_time
 from .decision import CallFacts, ConsentEvent, Consultation, DncEntry, SilentCall
 from .schema import SCHEMA_VERSION
 
@@ -20,17 +21,31 @@ class StoreError(Exception):
     pass
 
 
-_CONSULTATIONS = """
-SELECT b.id, b.consulted_on, c.registered, b.brand, c.registration_date
-FROM consultations c JOIN batches b ON b.id = c.batch_id
-WHERE c.number = ? AND b.brand IN ('', ?)
+# Every record about one number, in ONE statement: a single SELECT reads one
+# snapshot (no BEGIN/COMMIT round trips), and one execute instead of six is most
+# of the saving on a long-running server. Rows are tagged by their table:
+#   c consultation, k consent-log event, d do-not-contact entry, s silent call,
+#   v PRAGMA data_version (for the per-connection caches), n whether ANY table
+#   holds the number (any brand: it was validated by phonenumbers on the way in).
+_FACTS = """
+SELECT 'c', b.id, b.consulted_on, c.registered, b.brand, c.registration_date, NULL
+  FROM consultations c JOIN batches b ON b.id = c.batch_id
+ WHERE c.number = :n AND b.brand IN ('', :b)
+UNION ALL
+SELECT 'k', id, kind, given_on, brand, ends_on, evidence FROM consents
+ WHERE number = :n AND (brand = :b OR (brand = '' AND kind = 'optout'))
+UNION ALL
+SELECT 'd', id, brand, reason, NULL, NULL, NULL FROM dnc
+ WHERE number = :n AND brand IN ('', :b) AND removed_at IS NULL
+UNION ALL
+SELECT 's', id, on_day, NULL, NULL, NULL, NULL FROM silent_calls WHERE number = :n AND on_day >= :since
+UNION ALL
+SELECT 'v', data_version, NULL, NULL, NULL, NULL, NULL FROM pragma_data_version
+UNION ALL
+SELECT 'n', EXISTS(SELECT 1 FROM consultations WHERE number = :n)
+         OR EXISTS(SELECT 1 FROM consents WHERE number = :n)
+         OR EXISTS(SELECT 1 FROM dnc WHERE number = :n), NULL, NULL, NULL, NULL, NULL
 """
-_CONSENTS = """
-SELECT id, kind, given_on, brand, ends_on, evidence FROM consents
-WHERE number = ? AND (brand = ? OR (brand = '' AND kind = 'optout'))
-"""
-_DNC = "SELECT id, brand, reason FROM dnc WHERE number = ? AND brand IN ('', ?) AND removed_at IS NULL"
-_SILENT = "SELECT id, on_day FROM silent_calls WHERE number = ? AND on_day >= ?"
 _CALLER_IDS = "SELECT number FROM caller_ids WHERE brand IN ('', ?) AND removed_at IS NULL"
 _HOLIDAY_YEARS = "SELECT year FROM holiday_years WHERE year IN (?, ?)"
 _HOLIDAYS = "SELECT day, name FROM holidays WHERE day IN (?, ?)"
@@ -73,57 +88,73 @@ class Store:
               tz: str = "Europe/Rome") -> CallFacts:
         """Every record about the number and the call that the decision may use.
 
-        Read in one transaction, so the tables agree with each other: the
-        register, consents, do-not-contact list, silent calls of the last
-        ``silent_call_days`` days, the caller IDs declared for the brand, and
-        (with ``at``, the call's local time) the cached holidays of that day
-        and the next. ``caller_id`` is left for the caller to fill in.
+        The register, consents, do-not-contact list and silent calls of the
+        last ``silent_call_days`` days are read in one statement (one
+        snapshot, so the tables agree with each other); the caller IDs
+        declared for the brand and (with ``at``, the call's local time) the
+        cached holidays of that day and the next come from this connection's
+        cache, refilled whenever PRAGMA data_version says another connection
+        has committed. ``caller_id`` is left for the caller to fill in.
         """
+        if at is not None:
+            at = local_time(at, tz)
+        return self.lookup(e164, brand, today, at, local_holidays, silent_call_days, tz)[0]
+
+    def lookup(self, e164: str, brand: str, today: date, at: datetime | None = None,
+               local_holidays: tuple[str, ...] = (), silent_call_days: int = 366,
+               tz: str = "Europe/Rome") -> tuple[CallFacts, bool]:
+        """``(facts, known)``: :meth:`facts`, and whether any table holds the number
+        (for any brand), read in the same statement. ``at`` is the call's local
+        time in ``tz``, as :func:`rpo_guard.calendar_it.local_time` gives it."""
         c = self.conn
+        consultations, consents, dnc, silent = [], [], [], []
+        version = known = None
+        since = (today - timedelta(days=silent_call_days)).isoformat()
+        for tag, a, b, d, e, f, g in c.execute(_FACTS, {"n": e164, "b": brand, "since": since}):
+            if tag == "c":
+                consultations.append(Consultation(batch_id=a, consulted_on=date.fromisoformat(b), registered=bool(d),
+                                                  brand=e, registration_date=_day(f)))
+            elif tag == "k":
+                consents.append(ConsentEvent(id=a, kind=b, given_at=date.fromisoformat(d), brand=e,
+                                             ends_at=_day(f), evidence=g or ""))
+            elif tag == "d":
+                dnc.append(DncEntry(id=a, brand=b, reason=d or ""))
+            elif tag == "s":
+                silent.append(SilentCall(id=a, on=date.fromisoformat(b)))
+            elif tag == "v":
+                version = a
+            else:
+                known = a == 1
+        if version is None or known is None:
+            raise StoreError(f"{self.path}: the facts query returned no data_version or known row")
+        if version != self._shared_version:
+            self._shared.clear()
+            self._shared_version = version
+        shared = self._shared
+        declared = shared.get(("caller_ids", brand))
+        if declared is None:
+            declared = shared[("caller_ids", brand)] = tuple(
+                sorted({r[0] for r in c.execute(_CALLER_IDS, (brand,))}))
         when = None
+        if at is not None:
+            day = at.date()
+            cached = shared.get(("holidays", day))
+            if cached is None:
+                cached = shared[("holidays", day)] = self._holidays(day)
+            when = local_call_time(at, local_holidays, cached)
+        return CallFacts(today=today, e164=e164, brand=brand, consultations=tuple(consultations),
+                         consents=tuple(consents), dnc=tuple(dnc), silent_calls=tuple(silent), when=when,
+                         declared_caller_ids=declared), known
+
+    def _holidays(self, day: date) -> dict:
+        """The cached national holidays of ``day`` and the next day ("" = none), for
+        the years the table covers (a day of another year is left to the package)."""
+        c = self.conn
+        nxt = day + timedelta(days=1)
         c.execute("BEGIN")
         try:
-            version = c.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._shared_version:
-                self._shared.clear()
-                self._shared_version = version
-            shared = self._shared
-            consultations = tuple(
-                Consultation(batch_id=r[0], consulted_on=date.fromisoformat(r[1]), registered=bool(r[2]),
-                             brand=r[3], registration_date=_day(r[4]))
-                for r in c.execute(_CONSULTATIONS, (e164, brand)))
-            consents = tuple(
-                ConsentEvent(id=r[0], kind=r[1], given_at=date.fromisoformat(r[2]), brand=r[3],
-                             ends_at=_day(r[4]), evidence=r[5] or "")
-                for r in c.execute(_CONSENTS, (e164, brand)))
-            dnc = tuple(DncEntry(id=r[0], brand=r[1], reason=r[2] or "") for r in c.execute(_DNC, (e164, brand)))
-            since = (today - timedelta(days=silent_call_days)).isoformat()
-            silent = tuple(SilentCall(id=r[0], on=date.fromisoformat(r[1])) for r in c.execute(_SILENT, (e164, since)))
-            declared = shared.get(("caller_ids", brand))
-            if declared is None:
-                declared = shared[("caller_ids", brand)] = tuple(
-                    sorted({r[0] for r in c.execute(_CALLER_IDS, (brand,))}))
-            if at is not None:
-                from .calendar_it import call_time, local_time
-                day = local_time(at, tz).date()
-                nxt = day + timedelta(days=1)
-                cached = shared.get(("holidays", day))
-                if cached is None:
-                    years = {r[0] for r in c.execute(_HOLIDAY_YEARS, (day.year, nxt.year))}
-                    found = dict(c.execute(_HOLIDAYS, (day.isoformat(), nxt.isoformat())).fetchall())
-                    cached = shared[("holidays", day)] = {
-                        d: found.get(d.isoformat(), "") for d in (day, nxt) if d.year in years}
-                when = call_time(at, tz, local_holidays, cached)
+            years = {r[0] for r in c.execute(_HOLIDAY_YEARS, (day.year, nxt.year))}
+            found = dict(c.execute(_HOLIDAYS, (day.isoformat(), nxt.isoformat())).fetchall())
         finally:
             c.execute("COMMIT")
-        return CallFacts(today=today, e164=e164, brand=brand, consultations=consultations,
-                         consents=consents, dnc=dnc, silent_calls=silent, when=when,
-                         declared_caller_ids=declared)
-
-    def knows(self, e164: str) -> bool:
-        """True when any table holds the number: it was validated on the way in."""
-        c = self.conn
-        return c.execute(
-            "SELECT EXISTS(SELECT 1 FROM consultations WHERE number = ?)"
-            " OR EXISTS(SELECT 1 FROM consents WHERE number = ?)"
-            " OR EXISTS(SELECT 1 FROM dnc WHERE number = ?)", (e164, e164, e164)).fetchone()[0] == 1
+        return {d: found.get(d.isoformat(), "") for d in (day, nxt) if d.year in years}
