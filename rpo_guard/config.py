@@ -105,6 +105,13 @@ def _synchronous(v: str) -> str:
     return v
 
 
+def _event_loop(v: str) -> str:
+    v = v.strip().lower()
+    if v not in ("uvloop", "asyncio"):
+        raise ValueError("must be uvloop or asyncio")
+    return v
+
+
 def _milliseconds(v: str) -> int:
     n = int(v)
     if not 1 <= n <= 60000:
@@ -262,6 +269,7 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "max_connections": (_positive_int, "1024", "sessions served at once; more are closed at once"),
         "lookup_threads": (_nonneg_int, "0", "0 = lookups in the event loop (fastest; bounded by SQLite's progress handler and busy timeout); N = in N threads (for storage that can stall)"),
         "drain_timeout_ms": (_milliseconds, "10000", "on SIGTERM, how long in-flight sessions may take to finish"),
+        "event_loop": (_event_loop, "uvloop", "uvloop (libuv, about half the CPU per call) or asyncio (the standard library's loop)"),
     },
     "audit": {
         "retention_days": (_nonneg_int, "0", "`audit prune` without --before removes attempts older than this many days; 0 = keep everything"),

@@ -8,8 +8,13 @@ commands one at a time. The session is the process AGI's, on the same code:
 builds the audit row, and the channel gets ``RPO_RESULT``, ``RPO_REASON`` and
 ``RPO_AUDIT_ID`` with the same ``SET VARIABLE "NAME" "VALUE"`` bytes pyst2 sends.
 
-Design (asyncio, one event loop thread):
+Design (one event loop thread; uvloop by default, ``[fastagi] event_loop``):
 
+* each connection is a :class:`_Session`, an ``asyncio.Protocol`` state
+  machine: no task, no stream reader and no timer per read. Every waiting
+  state has a deadline the server's sweeper enforces a few times per read
+  timeout. Against asyncio streams with a task per call, this and uvloop
+  halve the CPU a call costs in protocol handling (bench/fastagi_load.py).
 * lookups (about 30 us on a 20-million-number register) run in the loop thread by
   default (``lookup_threads = 0``) on a long-lived read-only
   :class:`~rpo_guard.store.Store`: SQLite's progress handler interrupts a
@@ -163,14 +168,15 @@ class _RegisterReader:
 class AuditWriter:
     """Group commit of audit rows, in the event loop.
 
-    A session queues its row and waits. One flush per loop iteration writes
-    every row queued so far in one ``AuditLog.append_many`` transaction and
-    hands each session its row id; rows that arrive while a commit runs go
-    into the next one, so batches grow with the load. Measured against a
-    writer thread (whole batches handed over, one commit in flight): 10-20 %
-    less CPU per call and lower latency, the GIL hand-offs costing more than
-    the loop time the commit takes. A disk that stalls stalls every session
-    either way, since each one waits for its own row.
+    A session queues its row with a callback. One flush per loop iteration
+    writes every row queued so far in one ``AuditLog.append_many``
+    transaction and calls each session back with its row id (or the error);
+    rows that arrive while a commit runs go into the next one, so batches
+    grow with the load. Measured against a writer thread (whole batches handed
+    over, one commit in flight): 10-20 % less CPU per call and lower latency,
+    the GIL hand-offs costing more than the loop time the commit takes. A disk
+    that stalls stalls every session either way, since each one waits for its
+    own row.
     """
 
     def __init__(self, cfg, loop: asyncio.AbstractEventLoop):
@@ -184,13 +190,12 @@ class AuditWriter:
         self.failed = 0
         self.batches = 0
 
-    def submit(self, row: dict) -> asyncio.Future:
-        fut = self.loop.create_future()
-        self._pending.append((row, fut))
+    def submit(self, row: dict, done) -> None:
+        """Queue ``row``; ``done(audit_id, None)`` or ``done(None, error_text)`` follows."""
+        self._pending.append((row, done))
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
-        return fut
 
     def reopen(self) -> None:
         self._reopen = True
@@ -201,15 +206,13 @@ class AuditWriter:
             return
         batch, self._pending = self._pending, []
         ids, error = self._write([row for row, _ in batch])
-        for i, (_, fut) in enumerate(batch):
-            if fut.done():
-                continue
-            if error is not None:
-                fut.set_exception(RuntimeError(error))
-            else:
-                fut.set_result(ids[i])
+        for i, (_, done) in enumerate(batch):
+            try:
+                done(None, error) if error is not None else done(ids[i], None)
+            except Exception as exc:  # a session's bug must not cost the others their answer
+                log_failure(f"fastagi: audit callback failed: {type(exc).__name__}: {exc}", self.cfg.log_file)
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Write every row queued so far, then close the log."""
         self.flush()
         if self._log is not None:
@@ -246,6 +249,237 @@ class AuditWriter:
         return ids, None
 
 
+# Session states, in order.
+_ENV, _CHECK, _AUDIT, _COMMANDS, _DRAIN, _DONE = range(6)
+
+
+class _Session(asyncio.Protocol):
+    """One FastAGI call: a state machine the event loop drives.
+
+    ``_ENV``      reading the environment block (bounded in time and size);
+    ``_CHECK``    the lookup runs (in the loop, or in a worker thread);
+    ``_AUDIT``    the row is queued on the :class:`AuditWriter`;
+    ``_COMMANDS`` one ``SET VARIABLE`` at a time, each after the previous response;
+    ``_DRAIN``    half-closed; Asterisk's trailing ``HANGUP`` and EOF are read;
+    ``_DONE``     closed (answered, refused or dropped).
+
+    Every waiting state has a deadline (``expires``, on the loop clock) that
+    the server's sweeper enforces; one float per session instead of a timer
+    per read. Bytes that arrive before our first command (an inline
+    ``HANGUP``) are kept for the response reader.
+    """
+
+    def __init__(self, server: "FastAGIServer"):
+        self.server = server
+        self.transport = None
+        self.state = _DONE  # until connection_made accepts the peer
+        self.buf = b""
+        self.expires = 0.0
+        self.peer_eof = False
+        self.hangup = False
+        self.in_usage = False  # inside a multi-line 520 usage block
+        self.commands: list = []
+        self.sent = 0
+        self.request = None  # (env, dialed, brand, callerid_arg, started)
+        self.verdict = None
+
+    # ---- transport events ----------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        srv = self.server
+        if not srv.admit(self, transport.get_extra_info("peername")):
+            transport.abort()
+            return
+        self.state = _ENV
+        self.expires = srv.loop.time() + srv.read_timeout
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            state = self.state
+            if state == _DRAIN or state == _DONE:
+                return  # after our EOF only Asterisk's HANGUP comes: dropped
+            buf = self.buf + data if self.buf else data
+            limit = self.server.max_request
+            if state == _ENV:
+                end = buf.find(b"\n\n")
+                if end < 0 or end + 2 > limit:
+                    if end >= 0 or len(buf) > limit:
+                        self.fail("environment block longer than max_request_bytes")
+                    else:
+                        self.buf = buf
+                    return
+                self.buf = buf[end + 2:]
+                self.begin(buf[:end + 2])
+            elif state == _COMMANDS:
+                self.buf = buf
+                self.read_responses()
+            elif len(buf) > limit:
+                self.fail("more than max_request_bytes before the first command")
+            else:
+                self.buf = buf  # an inline HANGUP before our first command: read with the responses
+        except Exception as exc:  # never the server
+            self.crash(exc)
+
+    def eof_received(self):
+        if self.state == _DRAIN:
+            self.finish()
+            return False
+        if self.state in (_CHECK, _AUDIT):
+            # Asterisk hung up after sending the request: the attempt is still checked
+            # and recorded; sending the answer then fails (a protocol error, as before).
+            self.peer_eof = True
+            return True
+        self.fail("the peer closed the connection before the session ended")
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if self.state in (_CHECK, _AUDIT):
+            self.peer_eof = True  # the row is still written when the check completes
+            return
+        if self.state != _DONE:
+            self.fail("connection lost" + (f": {exc}" if exc else ""))
+
+    # ---- the session ----------------------------------------------------------------
+    def begin(self, block: bytes) -> None:
+        started = time.perf_counter()
+        srv = self.server
+        env = parse_env(block)  # ProtocolError: counted by fail() through crash()
+        args = agi_args(env)
+        dialed = args[0] if args else ""
+        brand = args[1] if len(args) > 1 else ""
+        callerid_arg = args[2] if len(args) > 2 else None
+        srv.stats.sessions += 1
+        self.state = _CHECK
+        self.request = (env, dialed, brand, callerid_arg, started)
+        # as the process AGI: the third argument, else CALLERID(num), is the number presented
+        caller_id = callerid_arg if callerid_arg is not None else env.get("agi_callerid", "")
+        srv.check(self, dialed, brand, caller_id, env.get("agi_callingpres", ""))
+
+    def checked(self, outcome: Outcome) -> None:
+        """The lookup's answer (from the loop, a worker thread's future, or the deadline)."""
+        if self.state != _CHECK:
+            return  # the deadline answered first
+        srv = self.server
+        env, dialed, brand, callerid_arg, started = self.request
+        self.verdict = verdict = outcome.verdict
+        if verdict.reason == "error":
+            log_failure(f"call {env.get('agi_uniqueid', '?')} to {dialed!r} blocked on error: {verdict.detail}",
+                        srv.cfg.log_file)
+        self.state = _AUDIT
+        # Bounded by the audit log's own lock timeout plus a margin, not by the lookup
+        # deadline: an answer given before the commit could contradict the row written.
+        self.expires = srv.loop.time() + srv.audit_wait
+        srv.audit.submit(audit_row(outcome, env, dialed, brand, callerid_arg, started, "fastagi"), self.audited)
+
+    def audited(self, audit_id, error) -> None:
+        if self.state != _AUDIT:
+            return  # answered already (audit wait expired)
+        srv = self.server
+        verdict = self.verdict
+        result, reason = verdict.decision, verdict.reason
+        if error is not None:
+            # Not recorded: refused. The writer keeps failed rows in the failure log.
+            result, reason, audit_id = "BLOCK", "error", ""
+            late = error is _LATE
+            log_failure(f"call {self.request[0].get('agi_uniqueid', '?')} refused: audit row "
+                        + (f"not committed after {srv.audit_wait:g} s (it may still be written with "
+                           f"decision {verdict.decision})" if late else f"not written ({error})"),
+                        srv.cfg.log_file)
+        audit_id = str(audit_id)
+        if not (safe_value(result, RESULT_VALUES) and safe_value(reason)):
+            result, reason = "BLOCK", "error"
+        stats = srv.stats
+        if reason == "error":
+            stats.errors += 1
+        if result == "ALLOW":
+            stats.allowed += 1
+        else:
+            stats.blocked += 1
+        stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
+        if self.peer_eof or self.transport.is_closing():
+            self.fail("the peer closed the connection before the answer")
+            return
+        self.commands = [b'SET VARIABLE "RPO_RESULT" "%s"\n' % result.encode(),
+                         b'SET VARIABLE "RPO_REASON" "%s"\n' % reason.encode()]
+        if safe_value(audit_id):
+            self.commands.append(b'SET VARIABLE "RPO_AUDIT_ID" "%s"\n' % audit_id.encode())
+        self.state = _COMMANDS
+        self.sent = 1
+        self.expires = srv.loop.time() + srv.read_timeout
+        self.transport.write(self.commands[0])
+        if self.buf:
+            self.read_responses()
+
+    def read_responses(self) -> None:
+        """Each complete response line sends the next command; inline HANGUP lines are skipped."""
+        buf = self.buf
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if len(buf) > self.server.max_request:
+                    self.fail("response line longer than max_request_bytes")
+                    return
+                break
+            line = buf[:nl].rstrip(b"\r")
+            buf = buf[nl + 1:]
+            if line == b"HANGUP":
+                self.hangup = True
+                continue
+            if self.in_usage:  # a 520 usage block ends with its "520 " line
+                if not line.startswith(b"520 "):
+                    continue
+                self.in_usage = False
+            elif line.startswith(b"520-"):
+                self.in_usage = True
+                continue
+            if self.sent < len(self.commands):
+                self.transport.write(self.commands[self.sent])
+                self.sent += 1
+                self.expires = self.server.loop.time() + self.server.read_timeout
+                continue
+            # Done: half-close; Asterisk answers with HANGUP and closes its side.
+            if self.hangup:
+                self.server.stats.hangups_seen += 1
+            self.state = _DRAIN
+            self.buf = b""
+            self.expires = self.server.loop.time() + self.server.read_timeout
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            return
+        self.buf = buf
+
+    def expired(self) -> None:
+        """The sweeper found this session past its deadline."""
+        if self.state == _AUDIT:
+            self.audited(None, _LATE)
+        elif self.state == _CHECK:
+            return  # the lookup has its own deadline (progress handler, or the thread timer)
+        else:
+            self.fail("read timeout")
+
+    # ---- endings --------------------------------------------------------------------
+    def finish(self) -> None:
+        self.state = _DONE
+        self.server.ended(self)
+        self.transport.close()
+
+    def fail(self, why: str) -> None:
+        if self.state == _DONE:
+            return
+        self.state = _DONE
+        self.server.stats.protocol_errors += 1
+        self.server.ended(self)
+        self.transport.abort()
+
+    def crash(self, exc: Exception) -> None:
+        if not isinstance(exc, (ProtocolError, ValueError)):
+            log_failure(f"fastagi session crashed: {type(exc).__name__}: {exc}", self.server.cfg.log_file)
+        self.fail(str(exc))
+
+
+_LATE = "late"  # the audit wait expired
+
+
 class FastAGIServer:
     def __init__(self, cfg, listen: tuple[str, int] | None = None, allowed_peers=None):
         self.cfg = cfg
@@ -254,14 +488,18 @@ class FastAGIServer:
         self.deadline = cfg.deadline_ms / 1000
         self.read_timeout = cfg.read_timeout_ms / 1000
         self.audit_wait = cfg.audit_busy_timeout_ms / 1000 + 1.0
+        self.max_request = cfg.max_request_bytes
         self.stats = Stats()
         self.generation = 0
         self.port: int | None = None
-        self._sessions: set[asyncio.Task] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sessions: set[_Session] = set()
         self._tls = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._server: asyncio.AbstractServer | None = None
         self._stopping: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self.audit: AuditWriter | None = None
         self._refused_logged: set = set()
         self._peer_cache: dict = {}
@@ -290,20 +528,31 @@ class FastAGIServer:
         except Exception:
             pass
 
-    async def check(self, dialed: str, brand: str, caller_id: str = "", callingpres: str = "") -> Outcome:
+    def check(self, session: _Session, dialed: str, brand: str, caller_id: str, callingpres: str) -> None:
+        """Run the lookup; ``session.checked(outcome)`` follows, by the deadline at the latest."""
         deadline_at = time.monotonic() + self.deadline
         if self._pool is None:  # lookup_threads = 0: in the loop, bounded by SQLite's progress handler
             outcome = self._lookup(dialed, brand, caller_id, callingpres, deadline_at)
-            if time.monotonic() <= deadline_at or outcome.verdict.reason == "error":
-                return outcome
-            return self._late()
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, self._lookup, dialed, brand, caller_id, callingpres, deadline_at)
-        try:
-            async with asyncio.timeout(self.deadline):
-                return await fut
-        except TimeoutError:
-            return self._late()
+            if time.monotonic() > deadline_at and outcome.verdict.reason != "error":
+                outcome = self._late()
+            session.checked(outcome)
+            return
+        fut = self.loop.run_in_executor(self._pool, self._lookup, dialed, brand, caller_id, callingpres,
+                                        deadline_at)
+        timer = self.loop.call_later(self.deadline, lambda: session.state == _CHECK and session.checked(self._late()))
+
+        def done(f):
+            timer.cancel()
+            if session.state != _CHECK:
+                return
+            exc = f.exception() if not f.cancelled() else None
+            if f.cancelled() or exc is not None:
+                from zoneinfo import ZoneInfo
+                session.checked(Outcome(error_verdict(f"lookup failed: {exc!r}"), None,
+                                        datetime.now(ZoneInfo(self.cfg.timezone))))
+            else:
+                session.checked(f.result())
+        fut.add_done_callback(done)
 
     def _late(self) -> Outcome:
         self.stats.deadline_exceeded += 1
@@ -311,7 +560,7 @@ class FastAGIServer:
         return Outcome(error_verdict(f"lookup deadline of {self.cfg.deadline_ms} ms exceeded"), None,
                        datetime.now(ZoneInfo(self.cfg.timezone)))
 
-    # ---- one session --------------------------------------------------------------
+    # ---- sessions -------------------------------------------------------------------
     def _peer_allowed(self, peer) -> bool:
         addr = peer[0] if isinstance(peer, tuple) else peer
         known = self._peer_cache.get(addr)
@@ -330,119 +579,41 @@ class FastAGIServer:
             ip = ip.ipv4_mapped
         return any(ip in net for net in self.allowed_peers)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+    def admit(self, session: _Session, peer) -> bool:
+        """Whether a new connection is served: an allowed peer, room for it, not stopping."""
         if not self._peer_allowed(peer):
             self.stats.refused_peers += 1
             addr = peer[0] if isinstance(peer, tuple) else str(peer)
             if addr not in self._refused_logged and len(self._refused_logged) < 1000:
                 self._refused_logged.add(addr)
                 log_failure(f"fastagi: connection from {addr} refused (not in allowed_peers)", self.cfg.log_file)
-            writer.transport.abort()
-            return
-        if len(self._sessions) >= self.cfg.max_connections or self._stopping.is_set():
+            return False
+        if len(self.sessions) >= self.cfg.max_connections or self._stopping.is_set():
             self.stats.refused_busy += 1
-            writer.transport.abort()
-            return
-        task = asyncio.current_task()
-        self._sessions.add(task)
-        try:
-            await self._session(reader, writer)
-        except (ProtocolError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                TimeoutError, ConnectionError, OSError):
-            self.stats.protocol_errors += 1
-            writer.transport.abort()
-        except Exception as exc:  # never the server
-            self.stats.protocol_errors += 1
-            log_failure(f"fastagi session crashed: {type(exc).__name__}: {exc}", self.cfg.log_file)
-            writer.transport.abort()
-        else:
-            writer.close()
-        finally:
-            self._sessions.discard(task)
+            return False
+        self.sessions.add(session)
+        return True
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with asyncio.timeout(self.read_timeout):
-            block = await reader.readuntil(b"\n\n")
-        started = time.perf_counter()
-        env = parse_env(block)
-        args = agi_args(env)
-        dialed = args[0] if args else ""
-        brand = args[1] if len(args) > 1 else ""
-        callerid_arg = args[2] if len(args) > 2 else None
-        self.stats.sessions += 1
+    def ended(self, session: _Session) -> None:
+        self.sessions.discard(session)
+        if not self.sessions and self._stopping.is_set():
+            self._idle.set()
 
-        # as the process AGI: the third argument, else CALLERID(num), is the number presented
-        caller_id = callerid_arg if callerid_arg is not None else env.get("agi_callerid", "")
-        outcome = await self.check(dialed, brand, caller_id, env.get("agi_callingpres", ""))
-        verdict = outcome.verdict
-        if verdict.reason == "error":
-            log_failure(f"call {env.get('agi_uniqueid', '?')} to {dialed!r} blocked on error: {verdict.detail}",
-                        self.cfg.log_file)
-        row = audit_row(outcome, env, dialed, brand, callerid_arg, started, "fastagi")
-        result, reason, audit_id = verdict.decision, verdict.reason, ""
-        try:
-            # Bounded by the audit log's own lock timeout plus a margin, not by the lookup
-            # deadline: an answer given before the commit could contradict the row written.
-            async with asyncio.timeout(self.audit_wait):
-                audit_id = str(await self.audit.submit(row))
-        except Exception as exc:
-            # Not recorded: refused. The writer keeps failed rows in the failure log.
-            result, reason = "BLOCK", "error"
-            late = isinstance(exc, TimeoutError)
-            log_failure(f"call {env.get('agi_uniqueid', '?')} refused: audit row "
-                        + (f"not committed after {self.audit_wait:g} s (it may still be written with "
-                           f"decision {verdict.decision})" if late else f"not written ({type(exc).__name__}: {exc})"),
-                        self.cfg.log_file)
-        if not (safe_value(result, RESULT_VALUES) and safe_value(reason)):
-            result, reason = "BLOCK", "error"
-        if reason == "error":
-            self.stats.errors += 1
-        if result == "ALLOW":
-            self.stats.allowed += 1
-        else:
-            self.stats.blocked += 1
-        self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
-
-        state = {"hangup": False}
-        commands = [("RPO_RESULT", result), ("RPO_REASON", reason)]
-        if safe_value(audit_id):
-            commands.append(("RPO_AUDIT_ID", audit_id))
-        for name, value in commands:
-            writer.write(f'SET VARIABLE "{name}" "{value}"\n'.encode())
-            async with asyncio.timeout(self.read_timeout):
-                await self._response(reader, state)
-        if state["hangup"]:
-            self.stats.hangups_seen += 1
-        # Done: half-close; Asterisk answers with HANGUP and closes its side.
-        if writer.can_write_eof():
-            writer.write_eof()
-        async with asyncio.timeout(self.read_timeout):
-            while await reader.read(4096):
-                pass
-
-    async def _response(self, reader: asyncio.StreamReader, state: dict) -> str:
-        """The response to the command just sent, skipping inline HANGUP lines."""
-        while True:
-            line = await reader.readline()
-            if not line.endswith(b"\n"):
-                raise ConnectionError("the peer closed the connection before answering")
-            text = line.decode("utf-8", "replace").rstrip("\r\n")
-            if text == "HANGUP":
-                state["hangup"] = True
-                continue
-            if text.startswith("520-"):  # multi-line usage block: read to its end
-                while not text.startswith("520 "):
-                    line = await reader.readline()
-                    if not line.endswith(b"\n"):
-                        raise ConnectionError("the peer closed the connection inside a 520 block")
-                    text = line.decode("utf-8", "replace").rstrip("\r\n")
-            return text
+    def _sweep(self) -> None:
+        """Enforce every session's deadline; runs a few times per read timeout."""
+        now = self.loop.time()
+        for session in [s for s in self.sessions if s.expires <= now]:
+            try:
+                session.expired()
+            except Exception as exc:
+                session.crash(exc)
+        self._sweeper = self.loop.call_later(self._tick, self._sweep)
 
     # ---- life cycle ---------------------------------------------------------------
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
         if self.cfg.lookup_threads:
             self._pool = ThreadPoolExecutor(max_workers=self.cfg.lookup_threads,
                                             thread_name_prefix="rpo-guard-lookup")
@@ -451,14 +622,18 @@ class FastAGIServer:
         else:
             self._warm()
         self.audit = AuditWriter(self.cfg, loop)
+        self._tick = min(0.1, max(0.005, min(self.read_timeout, self.audit_wait) / 10))
+        self._sweeper = loop.call_later(self._tick, self._sweep)
         host, port = self.listen
-        self._server = await asyncio.start_server(self._handle, host, port, limit=self.cfg.max_request_bytes,
-                                                  backlog=1024, reuse_address=True)
+        self._server = await loop.create_server(lambda: _Session(self), host, port, backlog=1024,
+                                                reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def request_stop(self) -> None:
         if self._stopping is not None:
             self._stopping.set()
+            if not self.sessions:
+                self._idle.set()
 
     def reopen(self) -> None:
         """SIGHUP: reopen the audit log and the register connections."""
@@ -469,11 +644,14 @@ class FastAGIServer:
     async def wait_stopped(self) -> None:
         await self._stopping.wait()
         self._server.close()  # no new connections; the ones in flight go on
-        if self._sessions:
-            await asyncio.wait(set(self._sessions), timeout=self.cfg.drain_timeout_ms / 1000)
-        for task in list(self._sessions):
-            task.cancel()
-        await self.audit.close()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.cfg.drain_timeout_ms / 1000)
+        except TimeoutError:
+            pass
+        for session in list(self.sessions):
+            session.fail("server stopping")
+        self.audit.close()  # rows of sessions cut short are written too
+        self._sweeper.cancel()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -500,5 +678,10 @@ async def serve(cfg, listen=None, ready=None, install_signals: bool = True) -> S
 
 
 def run_server(cfg, listen=None) -> int:
-    asyncio.run(serve(cfg, listen))
+    if cfg.event_loop == "uvloop":
+        import uvloop  # libuv's loop: about half the CPU per connection of asyncio's own
+
+        uvloop.run(serve(cfg, listen))
+    else:
+        asyncio.run(serve(cfg, listen))
     return 0

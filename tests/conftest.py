@@ -36,6 +36,7 @@ class Env:
 
     def __init__(self, root: Path):
         self.root = root
+        self.event_loop = None  # [fastagi] event_loop for the servers this env starts (None: the default)
         self.conf = root / "rpo-guard.conf"
         self.data = root / "data"
         self.failures = root / "failures.log"
@@ -50,6 +51,10 @@ class Env:
         pass ``conduct=""`` (the shipped defaults: both on) or their own settings.
         """
         section = f"[conduct]\n{conduct}" if conduct else ""
+        if self.event_loop:
+            line = f"event_loop = {self.event_loop}\n"
+            extra = extra.replace("[fastagi]\n", "[fastagi]\n" + line) if "[fastagi]\n" in extra \
+                else f"{extra}\n[fastagi]\n{line}"
         self.conf.write_text(f"[paths]\ndata_dir = {self.data}\nlog_file = {self.failures}\n{extra}\n{section}")
         self._cfg = None
 

@@ -56,8 +56,10 @@ EXTRA_CASES = [
 ]
 
 
-@pytest.fixture
-def sample(env):
+@pytest.fixture(params=["uvloop", "asyncio"])
+def sample(env, request):
+    """The sample data, with the server on each event loop the setting offers."""
+    env.event_loop = request.param
     cases = load_sample(env) + EXTRA_CASES
     env.write_config("[fastagi]\nread_timeout_ms = 500\n")
     return env, cases
@@ -420,7 +422,8 @@ def test_lookup_past_deadline_blocks_and_is_recorded(sample, threads):
 @pytest.mark.parametrize("line, key", [("listen = localhost:4573", "listen"), ("listen = 127.0.0.1", "listen"),
                                        ("allowed_peers = 10.0.0.300", "allowed_peers"),
                                        ("allowed_peers = ,", "allowed_peers"), ("deadline_ms = 0", "deadline_ms"),
-                                       ("lookup_threads = -1", "lookup_threads")])
+                                       ("lookup_threads = -1", "lookup_threads"),
+                                       ("event_loop = trio", "event_loop")])
 def test_bad_fastagi_settings_are_named(env, line, key):
     from rpo_guard import config as config_mod
     env.write_config(f"[fastagi]\n{line}\n")
@@ -433,6 +436,11 @@ def test_settings_parse(env):
     env.write_config("[fastagi]\nlisten = [::1]:0\nallowed_peers = 10.0.0.0/8, 127.0.0.1\n")
     assert env.cfg.listen == ("::1", 0)
     assert ipaddress.ip_address("10.2.3.4") in env.cfg.allowed_peers[0]
+
+
+def test_sample_servers_run_on_the_loop_asked_for(sample):
+    env, _ = sample
+    assert env.cfg.event_loop == env.event_loop and env.cfg.read_timeout_ms == 500
 
 
 def test_import_in_place_is_seen_without_reopen(sample, server):
