@@ -264,3 +264,23 @@ def test_prune_refuses_to_hide_a_broken_stretch(db):
     # the broken stretch is in the first chunk: nothing was removed
     assert raw(db).execute("SELECT min(id) FROM attempts").fetchone()[0] == 1
     assert check(db).problem.row_id == 4
+
+
+def test_a_long_lived_writer_rereads_the_tail_after_another_writer(tmp_path):
+    """The writer keeps its last commit's tail; another connection's rows must not fork the chain."""
+    from rpo_guard.audit_chain import verify
+    path = str(tmp_path / "audit.db")
+    first, second = AuditLog(path), AuditLog(path)
+    try:
+        row = {"at": "2026-11-25T10:00:00.000+01:00", "dialed": "3331234567", "decision": "ALLOW",
+               "reason": "not_registered", "basis": {}, "via": "fastagi"}
+        a = first.append_many([row, row])
+        b = second.append_many([row])          # another writer extends the chain
+        c = first.append_many([row])           # the first must chain onto it, not onto its own tail
+        d = first.append(row)                  # and then keep its own tail again
+        assert a + b + c + [d] == [1, 2, 3, 4, 5]
+        res = verify(first.conn)
+        assert res.ok, res.summary()
+    finally:
+        first.close()
+        second.close()

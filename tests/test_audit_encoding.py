@@ -1,4 +1,5 @@
-"""The per-call JSON writer and SHA-256 of audit_log give exactly the bytes of json/hashlib."""
+"""The per-call JSON writer and SHA-256 of audit_log give exactly the bytes of json/hashlib,
+and so does the json-module encoder a long-running writer switches to (use_json_module)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +8,21 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import rpo_guard.audit_log as audit_log
 from rpo_guard.audit_log import COLUMNS, basis_text, canonical, row_hash, values_of
+
+
+def both_encoders():
+    """Run the loop body with the small writer, then with use_json_module()'s encoders."""
+    saved = audit_log._dump_basis, audit_log._dump_row
+    try:
+        audit_log._dump_basis = audit_log._dump_row = None
+        yield "writer"
+        audit_log.use_json_module()
+        assert audit_log._dump_row is not None
+        yield "json"
+    finally:
+        audit_log._dump_basis, audit_log._dump_row = saved
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(),
                     st.floats(allow_nan=False, allow_infinity=False))
@@ -18,7 +33,8 @@ nested = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=4)
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.text(), nested, max_size=6))
 def test_basis_text_is_json_dumps_sorted(basis):
-    assert basis_text(basis) == json.dumps(basis, sort_keys=True)
+    for _ in both_encoders():
+        assert basis_text(basis) == json.dumps(basis, sort_keys=True)
 
 
 @settings(max_examples=400, deadline=None)
@@ -31,15 +47,21 @@ def test_canonical_and_hash_are_json_and_hashlib(row_id, row, latency, prev):
         json.dumps(row["basis"], allow_nan=False)
     except ValueError:
         row["basis"] = {}
-    values = values_of(row)
-    expect = json.dumps([row_id, *values], ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-    assert canonical(row_id, values) == expect
-    assert row_hash(prev, row_id, values) == hashlib.sha256(prev.encode() + b"\n" + expect).hexdigest()
+    for _ in both_encoders():
+        values = values_of(row)
+        expect = json.dumps([row_id, *values], ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        assert canonical(row_id, values) == expect
+        assert row_hash(prev, row_id, values) == hashlib.sha256(prev.encode() + b"\n" + expect).hexdigest()
 
 
 def test_unusual_values_fall_back_to_the_json_module():
     class Code(int):
         pass
+    for _ in both_encoders():
+        check_unusual(Code)
+
+
+def check_unusual(Code):
     assert basis_text({"id": Code(4)}) == json.dumps({"id": Code(4)}, sort_keys=True)
     assert basis_text({1: "x"}) == json.dumps({1: "x"}, sort_keys=True)
     assert basis_text({"x": float("nan")}) == json.dumps({"x": float("nan")}, sort_keys=True)
