@@ -262,22 +262,25 @@ def calling_hours_problem(when: CallTime | None, policy: Policy = Policy()) -> V
     if when is None:
         return _block(OUTSIDE_CALLING_HOURS, "the time of the call is not known", kind="calling_hours")
     local = when.local
+    weekday = local.weekday()
+    if not when.holiday and weekday != 6:
+        if weekday == 5:
+            (start, end), what = policy.reduced_window, "Saturday"
+        elif when.next_holiday:
+            (start, end), what = policy.reduced_window, f"the day before a holiday ({when.next_holiday})"
+        else:
+            (start, end), what = policy.weekday_window, "weekday"
+        now = local.time().replace(tzinfo=None)
+        if start <= now < end:
+            return None
+    # Refused: the words and the basis are only built for a refusal.
     basis = {"kind": "calling_hours", "local_time": local.isoformat(timespec="seconds")}
     day = f"{local:%A} {local.date()}"
     if when.holiday:
         return _block(OUTSIDE_CALLING_HOURS, f"{day} is a holiday ({when.holiday}): no calls",
                       holiday=when.holiday, **basis)
-    if local.weekday() == 6:
+    if weekday == 6:
         return _block(OUTSIDE_CALLING_HOURS, f"{day} is a Sunday: no calls", **basis)
-    if local.weekday() == 5:
-        (start, end), what = policy.reduced_window, "Saturday"
-    elif when.next_holiday:
-        (start, end), what = policy.reduced_window, f"the day before a holiday ({when.next_holiday})"
-    else:
-        (start, end), what = policy.weekday_window, "weekday"
-    now = local.time().replace(tzinfo=None)
-    if start <= now < end:
-        return None
     window = f"{start:%H:%M}-{end:%H:%M}"
     return _block(OUTSIDE_CALLING_HOURS, f"{day} {now:%H:%M}: outside the {what} calling hours {window}",
                   window=window, **basis)

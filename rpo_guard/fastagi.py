@@ -411,9 +411,10 @@ class _Session(asyncio.Protocol):
                         + (f"not committed after {srv.audit_wait:g} s (it may still be written with "
                            f"decision {verdict.decision})" if late else f"not written ({error})"),
                         srv.cfg.log_file)
-        audit_id = str(audit_id)
-        if not (safe_value(result, RESULT_VALUES) and safe_value(reason)):
-            result, reason = "BLOCK", "error"
+        answer = srv.answers.get((result, reason))
+        if answer is None:
+            answer = srv.answer(result, reason)
+        result, reason, commands = answer
         stats = srv.stats
         if reason == "error":
             stats.errors += 1
@@ -425,10 +426,9 @@ class _Session(asyncio.Protocol):
         if self.peer_eof or self.transport.is_closing():
             self.fail("the peer closed the connection before the answer")
             return
-        self.commands = [b'SET VARIABLE "RPO_RESULT" "%s"\n' % result.encode(),
-                         b'SET VARIABLE "RPO_REASON" "%s"\n' % reason.encode()]
-        if safe_value(audit_id):
-            self.commands.append(b'SET VARIABLE "RPO_AUDIT_ID" "%s"\n' % audit_id.encode())
+        self.commands = commands
+        if audit_id:  # a row id: digits only
+            self.commands = [*commands, b'SET VARIABLE "RPO_AUDIT_ID" "%d"\n' % audit_id]
         self.state = _COMMANDS
         self.sent = 1
         self.expires = srv.loop.time() + srv.read_timeout
@@ -529,6 +529,8 @@ class FastAGIServer:
         self.audit: AuditWriter | None = None
         self._refused_logged: set = set()
         self._peer_cache: dict = {}
+        self.policy = cfg.policy
+        self.answers: dict = {}  # (result, reason) -> what the channel gets (see answer())
 
     # ---- lookups (in the loop, or in worker threads) -------------------------------
     def _lookup(self, dialed: str, brand: str, caller_id: str = "", callingpres: str = "",
@@ -543,7 +545,20 @@ class FastAGIServer:
         if store is not None and deadline_at is not None:
             # SQLite itself gives up (OperationalError: interrupted) once the deadline is past
             store.conn.set_progress_handler(lambda: time.monotonic() > deadline_at, 2000)
-        return check_call(self.cfg, store, dialed, brand, caller_id=caller_id, callingpres=callingpres)
+        return check_call(self.cfg, store, dialed, brand, caller_id=caller_id, callingpres=callingpres,
+                          policy=self.policy)
+
+    def answer(self, result: str, reason: str) -> tuple:
+        """``(result, reason, [SET VARIABLE commands])``: only short words reach the
+        AGI stream, anything else is BLOCK/error. Kept per pair: a handful exist."""
+        key = (result, reason)
+        if not (safe_value(result, RESULT_VALUES) and safe_value(reason)):
+            result, reason = "BLOCK", "error"
+        answer = (result, reason, [b'SET VARIABLE "RPO_RESULT" "%s"\n' % result.encode(),
+                                   b'SET VARIABLE "RPO_REASON" "%s"\n' % reason.encode()])
+        if len(self.answers) < 1000:
+            self.answers[key] = answer
+        return answer
 
     def _warm(self) -> None:
         """Open the register in every worker and import what a first lookup would."""
