@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import os
 import signal
 import sys
@@ -67,6 +68,7 @@ from datetime import datetime
 from .decision import error_verdict
 from .failure_log import log_failure
 from .guard import RESULT_VALUES, Outcome, audit_row, check_call, safe_value
+from .store import Store, StoreError
 
 
 class ProtocolError(Exception):
@@ -122,10 +124,13 @@ class _RegisterReader:
         self.ident = None
         self.generation = -1
         self.last_error = ""
+        self.deadline_at = math.inf  # of the lookup running on this connection (time.monotonic)
+
+    def past_deadline(self) -> bool:
+        """SQLite's progress handler: a true answer interrupts the running query."""
+        return time.monotonic() > self.deadline_at
 
     def get(self):
-        from .store import Store, StoreError
-
         cfg = self.server.cfg
         path = cfg.register_db
         try:
@@ -143,6 +148,8 @@ class _RegisterReader:
             # abandoned at the deadline anyway and may wait the configured time
             busy = cfg.busy_timeout_ms if cfg.lookup_threads else min(cfg.busy_timeout_ms, cfg.deadline_ms)
             new = Store(path, busy)
+            # SQLite itself gives up (OperationalError: interrupted) once the deadline is past
+            new.conn.set_progress_handler(self.past_deadline, 2000)
         except Exception as exc:
             message = f"register database: {type(exc).__name__}: {exc}"
             if message != self.last_error:
@@ -538,13 +545,11 @@ class FastAGIServer:
         reader = getattr(self._tls, "reader", None)
         if reader is None:
             reader = self._tls.reader = _RegisterReader(self)
+        reader.deadline_at = math.inf if deadline_at is None else deadline_at
         try:
             store = reader.get()
         except Exception:
             store = None  # logged by the reader; check_call answers BLOCK/error
-        if store is not None and deadline_at is not None:
-            # SQLite itself gives up (OperationalError: interrupted) once the deadline is past
-            store.conn.set_progress_handler(lambda: time.monotonic() > deadline_at, 2000)
         return check_call(self.cfg, store, dialed, brand, caller_id=caller_id, callingpres=callingpres,
                           policy=self.policy)
 
