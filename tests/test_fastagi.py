@@ -356,6 +356,9 @@ def test_sigterm_with_calls_in_flight_loses_no_row(sample):
     ids = {int(s.channel.variables["RPO_AUDIT_ID"]) for s in answered}
     rows = {r["id"]: r for r in env.audit_rows() if r["via"] == "fastagi"}
     assert ids <= set(rows) and len(rows) == 16
+    # the rows of calls in flight together were group-committed, not one commit each
+    commits = int(re.search(r"audit_commits=(\d+)", server.stderr).group(1))
+    assert 1 <= commits < 16
     for s in answered:
         row = rows[int(s.channel.variables["RPO_AUDIT_ID"])]
         assert (row["decision"], row["reason"], row["uniqueid"]) == (s.result, s.reason, s.channel.uniqueid)
