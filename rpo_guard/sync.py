@@ -1,7 +1,7 @@
 """Imports into the register database: consultation results, consent log, DNC.
 
-Every import is all or nothing and streams: rows are read, checked and written
-one by one inside ONE write transaction of the WAL database (memory does not
+Every import is all or nothing and streams: rows are read and checked one by one,
+written in chunks inside ONE write transaction of the WAL database (memory does not
 grow with the file). The first bad row raises :class:`ImportFailed` naming
 file, line and field, the transaction is rolled back and nothing is left of
 the file. A lookup sees the data from before or after the import, never half
