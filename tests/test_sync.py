@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import days, today_rome
+from rpo_guard import sync
 from rpo_guard.cli import cli
 from rpo_guard.store import Store
 from rpo_guard.sync import ImportFailed, import_consents, import_consultation, import_dnc, import_file
@@ -153,6 +154,51 @@ def test_skip_invalid_reports_each_row(env):
     r = import_consultation(env.cfg, p, d(), skip_invalid=True, who="t")
     assert r.rows == 2 and len(r.skipped_rows) == 2
     assert "r.csv:3: field 'number'" in r.skipped_rows[0] and "r.csv:4: field 'status'" in r.skipped_rows[1]
+
+
+def stored(env):
+    conn = sqlite3.connect(env.cfg.register_db)
+    try:
+        return conn.execute("SELECT number, registered, registration_date FROM consultations ORDER BY number").fetchall()
+    finally:
+        conn.close()
+
+
+def test_staging_in_small_chunks_keeps_every_row_and_line(env, monkeypatch):
+    # rows are staged a chunk of consecutive lines at a time: force chunks of 2 rows, with gaps
+    # (a blank line, a skipped row) and registration dates on some rows only
+    monkeypatch.setattr(sync, "STAGE_CHUNK", 2)
+    p = write(env, "r.csv", "number,status,registration_date\n"
+              "0612345678,si,2020-01-02\n3331234567,no,\n3331234568,si,2021-03-04T10:00:00\n\n"
+              "xx,no,\n3331234569,no,\n3331234570,si,\n0612345678,si,2020-01-02\n3331234571,no,1999-12-31\n")
+    r = import_consultation(env.cfg, p, d(), skip_invalid=True, who="t")
+    assert (r.rows, r.registered) == (6, 3) and len(r.skipped_rows) == 1 and "r.csv:6: field 'number'" in r.skipped_rows[0]
+    assert stored(env) == [("+390612345678", 1, "2020-01-02"), ("+393331234567", 0, None),
+                           ("+393331234568", 1, "2021-03-04"), ("+393331234569", 0, None),
+                           ("+393331234570", 1, None), ("+393331234571", 0, "1999-12-31")]
+
+
+def test_conflict_named_by_line_across_chunks_and_gaps(env, monkeypatch):
+    monkeypatch.setattr(sync, "STAGE_CHUNK", 2)
+    p = write(env, "bad.csv", "number,status\n3331234560,no\n0612345678,no\n\n3331234561,si\n3331234562,no\n"
+              "3331234563,no\n\n\n+39 06 12345678,si\n3331234560,si\n")
+    with pytest.raises(ImportFailed, match=r"bad\.csv:11: field 'number': \+393331234560 appears again with a "
+                                           r"conflicting status \(first on line 2\)"):
+        import_consultation(env.cfg, p, d(), who="t")
+    assert stored(env) == []
+
+
+def test_partial_shape_in_small_chunks_names_the_line(env, monkeypatch):
+    monkeypatch.setattr(sync, "STAGE_CHUNK", 2)
+    sent = write(env, "sent.txt", "0612345678\n\n3331234567\n3331234568\n3331234569\n\n3331234570\n")
+    res = write(env, "res.csv", "number\n3331234568\n\n3331234570\n0612345678\n")
+    r = import_consultation(env.cfg, res, d(), shape="registered", sent=sent, who="t")
+    assert (r.rows, r.registered) == (5, 3)
+    assert [row[:2] for row in stored(env)] == [("+390612345678", 1), ("+393331234567", 0), ("+393331234568", 1),
+                                                 ("+393331234569", 0), ("+393331234570", 1)]
+    bad = write(env, "bad.csv", "number\n3331234568\n\n3331234570\n0612345678\n3331234599\n")
+    with pytest.raises(ImportFailed, match=r"bad\.csv:6: field 'number': \+393331234599 is not in the sent list"):
+        import_consultation(env.cfg, bad, d(), shape="registered", sent=sent, who="t")
 
 
 # --------------------------------------------------------------------------- idempotence, manifest, quarantine
