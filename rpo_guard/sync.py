@@ -567,6 +567,11 @@ class _Stager:
     """
 
     def __init__(self, conn, table: str, status: bool, dates: bool = False):
+        try:
+            conn.execute("SELECT json_valid('[]')")
+        except sqlite3.OperationalError:
+            raise ImportFailed(f"this Python's SQLite {sqlite3.sqlite_version} has no JSON functions "
+                               "(built in from SQLite 3.38): imports need them") from None
         self.conn, self.status, self.with_dates = conn, status, dates
         self.numbers: list[str] = []
         self.statuses = bytearray()

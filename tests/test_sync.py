@@ -377,3 +377,21 @@ def test_watcher_rescan_once_and_missing_manifest(env):
     box.run(once=True)
     assert (inbox / "quarantine" / "x.csv").exists() and (inbox / ".hidden.csv").exists()
     assert "no manifest" in (inbox / "quarantine" / "x.csv.reason.txt").read_text()
+
+
+def test_an_sqlite_without_json_functions_fails_the_import_clearly(env, monkeypatch):
+    """Imports stage rows through json_each: without it the import is refused whole, saying why."""
+    import sqlite3
+    from rpo_guard import sync
+
+    env.init()
+    real = sync._Stager.__init__
+
+    def without_json(self, conn, *args, **kwargs):
+        conn.create_function("json_valid", 1, None)  # removes the built-in
+        real(self, conn, *args, **kwargs)
+
+    monkeypatch.setattr(sync._Stager, "__init__", without_json)
+    with pytest.raises(sync.ImportFailed, match=r"has no JSON functions \(built in from SQLite 3\.38\)"):
+        env.consult([("3331234567", "iscritto")])
+    assert sqlite3.connect(env.cfg.register_db).execute("SELECT COUNT(*) FROM consultations").fetchone()[0] == 0
