@@ -1092,18 +1092,21 @@ def status_report(cfg, today: date | None = None) -> dict:
         failed = conn.execute("SELECT id, kind, source_file, imported_at, error FROM batches WHERE status = 'failed'"
                               " AND id > ? ORDER BY id", (last_ok[0] if last_ok else 0,)).fetchall()
         per_brand = []
-        for brand in [""] + sorted(brands):
+        counted: dict = {}  # valid batch ids -> (consulted, registered, expiring): brands without
+        for brand in [""] + sorted(brands):  # consultations of their own share the scan of the shared ones
             valid = [r for r in batches if r[1] in ("", brand)] if brand else [r for r in batches if r[1] == ""]
-            ids = [r[0] for r in valid]
+            ids = tuple(r[0] for r in valid)
             consulted = registered = expiring = 0
-            if ids:
+            if ids in counted:
+                consulted, registered, expiring = counted[ids]
+            elif ids:
                 marks = ",".join("?" * len(ids))
                 row = conn.execute(
                     "SELECT COUNT(*), TOTAL(registered), TOTAL(substr(k, 1, 10) < ?) FROM ("
                     " SELECT c.number, MAX(b.valid_until || printf('%012d', b.id)) AS k, c.registered AS registered"
                     " FROM consultations c JOIN batches b ON b.id = c.batch_id"
                     f" WHERE c.batch_id IN ({marks}) GROUP BY c.number)", [soon, *ids]).fetchone()
-                consulted, registered, expiring = row[0], int(row[1]), int(row[2])
+                consulted, registered, expiring = counted[ids] = row[0], int(row[1]), int(row[2])
             consents = conn.execute("SELECT COUNT(*) FROM consents WHERE brand = ?", (brand,)).fetchone()[0]
             dnc = conn.execute("SELECT COUNT(*) FROM dnc WHERE removed_at IS NULL AND brand = ?", (brand,)).fetchone()[0]
             per_brand.append({

@@ -395,3 +395,17 @@ def test_an_sqlite_without_json_functions_fails_the_import_clearly(env, monkeypa
     with pytest.raises(sync.ImportFailed, match=r"has no JSON functions \(built in from SQLite 3\.38\)"):
         env.consult([("3331234567", "iscritto")])
     assert sqlite3.connect(env.cfg.register_db).execute("SELECT COUNT(*) FROM consultations").fetchone()[0] == 0
+
+
+def test_status_counts_each_brand_over_its_own_and_the_shared_consultations(env):
+    from rpo_guard.sync import status_report
+
+    env.init()
+    env.consult([("0612345678", "no"), ("3331234567", "si")], days_ago=2)               # shared
+    env.consult([("3331234567", "no"), ("3479998887", "si")], days_ago=1, brand="Acme")  # Acme's own
+    env.consents([("3331234567", "Beta", "consent", days(1), "")])                     # Beta: consents only
+    brands = {b["brand"]: b for b in status_report(env.cfg)["brands"]}
+    figures = {k: (b["numbers_consulted"], b["registered"], b["valid_consultations"], b["consents"])
+               for k, b in brands.items()}
+    # Acme: 3331234567's newest result (its own, not registered) wins over the shared one
+    assert figures == {"": (2, 1, 1, 0), "Acme": (3, 1, 2, 0), "Beta": (2, 1, 1, 1)}
