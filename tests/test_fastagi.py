@@ -470,3 +470,69 @@ def test_unwritable_audit_log_refuses_the_call(sample):
     assert "RPO_AUDIT_ID" not in s.channel.variables
     log = env.failures.read_text()
     assert "audit log unwritable" in log and "'decision': 'ALLOW'" in log  # the attempt is kept there
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"at": "2026-11-25T10:00:00.000+01:00", "dialed": f"33312345{i:02d}", "decision": "ALLOW",
+             "reason": "not_registered", "basis": {}, "via": "fastagi"} for i in range(n)]
+
+
+def _write_through(writer, rows) -> list:
+    got = []
+    for row in rows:
+        writer.submit(row, lambda audit_id, error: got.append((audit_id, error)))
+    writer.flush()
+    return got
+
+
+def test_audit_wal_is_checkpointed_by_the_thread_not_by_the_commits(env, monkeypatch):
+    """The writer's own automatic checkpoints are off; the checkpoint thread moves the rows into audit.db."""
+    import asyncio
+    from rpo_guard import fastagi
+
+    monkeypatch.setattr(fastagi, "CHECKPOINT_EVERY", 0.05)
+    env.init()
+    loop = asyncio.new_event_loop()
+    writer = fastagi.AuditWriter(env.cfg, loop)
+    try:
+        got = _write_through(writer, _rows(20))
+        assert [e for _, e in got] == [None] * 20
+        assert writer._log.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        deadline = time.monotonic() + 10
+        while writer.checkpointer.runs == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert writer.checkpointer.runs >= 1
+        # the main file itself (WAL ignored) holds every row: the thread's checkpoint copied them
+        main = sqlite3.connect(f"file:{env.cfg.audit_db}?immutable=1", uri=True)
+        assert main.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 20
+        main.close()
+    finally:
+        writer.close()
+        loop.close()
+
+
+def test_a_failing_checkpoint_hands_checkpoints_back_to_the_writer(env, monkeypatch, tmp_path):
+    import asyncio
+    from rpo_guard import fastagi
+
+    monkeypatch.setattr(fastagi, "CHECKPOINT_EVERY", 0.05)
+    env.init()
+    loop = asyncio.new_event_loop()
+    writer = fastagi.AuditWriter(env.cfg, loop)
+    try:
+        _write_through(writer, _rows(2))
+        # the thread now checkpoints a path that cannot be a database (a folder): a real failure
+        broken = tmp_path / "elsewhere"
+        (broken / "audit.db").mkdir(parents=True)
+        writer.checkpointer.cfg = env.cfg._replace(data_dir=str(broken))
+        deadline = time.monotonic() + 10
+        while not writer.checkpointer.failed and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert writer.checkpointer.failed
+        got = _write_through(writer, _rows(3))  # the next commit takes the checkpoints back
+        assert [e for _, e in got] == [None] * 3
+        assert writer._log.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+        assert "checkpoint failed" in env.failures.read_text()
+    finally:
+        writer.close()
+        loop.close()
