@@ -802,14 +802,11 @@ _CONSENT_SQL = (
     " OR evidence IS NOT excluded.evidence")
 
 
-def import_consents(cfg, path: Path, who: str | None = None, db=None, *, source: str | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> ImportResult:
-    """Upsert the consent log (CSV or JSON Lines): number, brand, kind, given_at, ends_at, channel, evidence.
-
-    A record is keyed by (number, brand, kind, given_at); a known record whose
-    ends_at, channel or evidence changed is updated (provenance: the new file
-    and line); an identical one is left alone, so a re-import changes nothing.
-    """
+def _import_records(cfg, path: Path, who: str | None, source: str | None, kind: str, shape: str,
+                    make_fill: Callable, describe: Callable[[dict], str]) -> ImportResult:
+    """The frame of a consent-log or do-not-contact import: hash and check the file,
+    run ``make_fill(path, src, enc, size, who, stats)``'s ``fill(conn, batch_id)`` in
+    one write transaction, record a failure, answer a duplicate (same sha256)."""
     path = Path(path)
     who = who or getpass.getuser()
     digest = None
@@ -819,11 +816,30 @@ def import_consents(cfg, path: Path, who: str | None = None, db=None, *, source:
         if size == 0:
             raise ImportFailed(f"{path}: the file is empty")
         enc = detected if src.encoding == "auto" else src.encoding
-        b = _Batch("consents", path, digest, "consent-log", enc, who)
-        today = _now(cfg.timezone).date()
-        norm = _normalizer(cfg)
-        columns = ("number", "brand", "kind", "given_at", "ends_at", "channel", "evidence")
+        b = _Batch(kind, path, digest, shape, enc, who)
+        batch_id, dup = _transaction(cfg, b, make_fill(path, src, enc, size, who, b.stats))
+    except ImportFailed as exc:
+        _record_failure(cfg, kind, path, digest, shape, str(exc), who=who)
+        raise
+    if dup:
+        return ImportResult(batch_id, 0, True, f"{path}: already imported as batch {batch_id} (same sha256); "
+                                               "nothing to do")
+    return ImportResult(batch_id, b.stats["rows"], False, f"{path}: batch {batch_id}: {describe(b.stats)}")
 
+
+def import_consents(cfg, path: Path, who: str | None = None, db=None, *, source: str | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> ImportResult:
+    """Upsert the consent log (CSV or JSON Lines): number, brand, kind, given_at, ends_at, channel, evidence.
+
+    A record is keyed by (number, brand, kind, given_at); a known record whose
+    ends_at, channel or evidence changed is updated (provenance: the new file
+    and line); an identical one is left alone, so a re-import changes nothing.
+    """
+    today = _now(cfg.timezone).date()
+    norm = _normalizer(cfg)
+    columns = ("number", "brand", "kind", "given_at", "ends_at", "channel", "evidence")
+
+    def make_fill(path, src, enc, size, who, stats):
         seen = [0]
 
         def params(batch_id):
@@ -860,21 +876,14 @@ def import_consents(cfg, path: Path, who: str | None = None, db=None, *, source:
             changed = max(cur.rowcount, 0)
             if seen[0] == 0:
                 raise ImportFailed(f"{path}: the file holds no consent rows")
-            b.stats.update(rows=changed, new=new, updated=changed - new)
+            stats.update(rows=changed, new=new, updated=changed - new)
             if progress:
                 progress(size, size)
+        return fill
 
-        batch_id, dup = _transaction(cfg, b, fill)
-    except ImportFailed as exc:
-        _record_failure(cfg, "consents", path, digest, "consent-log", str(exc), who=who)
-        raise
-    if dup:
-        return ImportResult(batch_id, 0, True, f"{path}: already imported as batch {batch_id} (same sha256); "
-                                               "nothing to do")
-    s = b.stats
-    return ImportResult(batch_id, s["rows"], False,
-                        f"{path}: batch {batch_id}: {s['new']} new consent-log records, {s['updated']} updated "
-                        f"(the others already known)")
+    return _import_records(cfg, path, who, source, "consents", "consent-log", make_fill,
+                           lambda s: f"{s['new']} new consent-log records, {s['updated']} updated "
+                                     "(the others already known)")
 
 
 def import_dnc(cfg, path: Path, who: str | None = None, *, source: str | None = None) -> ImportResult:
@@ -883,19 +892,10 @@ def import_dnc(cfg, path: Path, who: str | None = None, *, source: str | None = 
     ``add`` (the default) creates an active entry unless one exists; ``remove``
     ends the active entry (kept in its history). Provenance: file and line.
     """
-    path = Path(path)
-    who = who or getpass.getuser()
-    digest = None
-    try:
-        src = source_for(cfg, source)
-        digest, detected, size, _quoted = scan(path)
-        if size == 0:
-            raise ImportFailed(f"{path}: the file is empty")
-        enc = detected if src.encoding == "auto" else src.encoding
-        b = _Batch("dnc", path, digest, "dnc-list", enc, who)
-        norm = _normalizer(cfg)
-        now = _now(cfg.timezone).isoformat(timespec="seconds")
+    norm = _normalizer(cfg)
+    now = _now(cfg.timezone).isoformat(timespec="seconds")
 
+    def make_fill(path, src, enc, size, who, stats):
         def fill(conn, batch_id):
             added = removed = n = 0
             for line, r in _records(path, enc, src, {c: () for c in ("number", "brand", "reason", "action")},
@@ -920,18 +920,11 @@ def import_dnc(cfg, path: Path, who: str | None = None, *, source: str | None = 
                     raise ImportFailed(f"{path}:{line}: field 'action': {action!r} is not add or remove")
             if n == 0:
                 raise ImportFailed(f"{path}: the file holds no do-not-contact rows")
-            b.stats.update(rows=added + removed, added=added, removed=removed)
+            stats.update(rows=added + removed, added=added, removed=removed)
+        return fill
 
-        batch_id, dup = _transaction(cfg, b, fill)
-    except ImportFailed as exc:
-        _record_failure(cfg, "dnc", path, digest, "dnc-list", str(exc), who=who)
-        raise
-    if dup:
-        return ImportResult(batch_id, 0, True, f"{path}: already imported as batch {batch_id} (same sha256); "
-                                               "nothing to do")
-    return ImportResult(batch_id, b.stats["rows"], False,
-                        f"{path}: batch {batch_id}: {b.stats['added']} do-not-contact entries added, "
-                        f"{b.stats['removed']} removed")
+    return _import_records(cfg, path, who, source, "dnc", "dnc-list", make_fill,
+                           lambda s: f"{s['added']} do-not-contact entries added, {s['removed']} removed")
 
 
 # --------------------------------------------------------------------------- one file, as CLI and watcher see it
