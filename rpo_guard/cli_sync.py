@@ -27,12 +27,17 @@ def _progress(quiet: bool, label: str):
     if quiet or not sys.stderr.isatty():
         yield None
         return
-    state = {"bar": None, "done": 0}
+    state = {"done": 0, "read": False}
     with click.progressbar(length=1, label=label, file=sys.stderr) as bar:
         def cb(done, total):
             bar.length = max(total, 1)
             bar.update(max(done - state["done"], 0))
             state["done"] = max(done, state["done"])
+            if done >= total and not state["read"]:
+                # the whole file is read; the sorted write into the register can take a while
+                state["read"] = True
+                bar.label = f"{label}: writing into the register"
+                bar.render_progress()
         yield cb
 
 

@@ -409,3 +409,29 @@ def test_status_counts_each_brand_over_its_own_and_the_shared_consultations(env)
                for k, b in brands.items()}
     # Acme: 3331234567's newest result (its own, not registered) wins over the shared one
     assert figures == {"": (2, 1, 1, 0), "Acme": (3, 1, 2, 0), "Beta": (2, 1, 1, 1)}
+
+
+def test_interactive_import_shows_a_bar_that_says_when_it_writes(env):
+    """On a terminal the import shows a progress bar, and says when reading is done and writing starts."""
+    import pty
+    from fastagi_support import rpo_guard_bin
+
+    env.init()
+    path = write(env, "tty.csv", "number,status\n" + "".join(f"33312{i:05d},no\n" for i in range(2000)))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([rpo_guard_bin(), "--config", str(env.conf), "import-consultation", str(path),
+                             "--date", days(1)], stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(60) == 0
+    text = out.decode(errors="replace")
+    assert "tty.csv: writing into the register" in text and "100%" in text and "2000 numbers" in text
