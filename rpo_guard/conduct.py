@@ -19,34 +19,23 @@ def _now(tz: str) -> datetime:
 
 def caller_id_add(cfg, number: str, brand: str = "", note: str = "", who: str | None = None, db=None) -> str:
     """Declare a caller ID (a number of the operator's ROC declaration) for a brand or every brand."""
+    from . import brand_lists
     from .callerid import normalize_declared
-    from .schema import open_db
 
     e164 = normalize_declared(number)
-    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
-    with db.conn:
-        cur = db.conn.execute(
-            "INSERT OR IGNORE INTO caller_ids (number, brand, note, added_by, added_at) VALUES (?, ?, ?, ?, ?)",
-            (e164, brand or "", note, who or getpass.getuser(), _now(cfg.timezone).isoformat(timespec="seconds")))
     scope = f"brand {brand}" if brand else "every brand"
-    if cur.rowcount == 0:
+    if not brand_lists.add(cfg, "caller_ids", e164, brand, note, who, db):
         return f"{e164} is already a declared caller ID for {scope}"
     return f"{e164} declared as a caller ID for {scope}"
 
 
 def caller_id_remove(cfg, number: str, brand: str = "", who: str | None = None, db=None) -> str:
+    from . import brand_lists
     from .callerid import normalize_declared
-    from .schema import open_db
 
     e164 = normalize_declared(number)
-    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
-    with db.conn:
-        cur = db.conn.execute(
-            "UPDATE caller_ids SET removed_by = ?, removed_at = ? WHERE number = ? AND brand = ?"
-            " AND removed_at IS NULL",
-            (who or getpass.getuser(), _now(cfg.timezone).isoformat(timespec="seconds"), e164, brand or ""))
     scope = f"brand {brand}" if brand else "every brand"
-    if cur.rowcount == 0:
+    if not brand_lists.remove(cfg, "caller_ids", e164, brand, who, db):
         raise LookupError(f"{e164} is not a declared caller ID for {scope}")
     return f"{e164} is no longer a declared caller ID for {scope} (kept in its history)"
 

@@ -1000,31 +1000,21 @@ def quarantine(path: Path, reason: str, folder: Path) -> Path:
 # --------------------------------------------------------------------------- DNC, one number
 
 def dnc_add(cfg, number: str, brand: str = "", reason: str = "", who: str | None = None, db=None) -> str:
-    from .schema import open_db
+    from . import brand_lists
 
     e164 = normalize(number, cfg.strip_prefixes, cfg.default_region)
-    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
-    with db.conn:
-        cur = db.conn.execute(
-            "INSERT OR IGNORE INTO dnc (number, brand, reason, added_by, added_at) VALUES (?, ?, ?, ?, ?)",
-            (e164, brand or "", reason, who or getpass.getuser(), _now(cfg.timezone).isoformat(timespec="seconds")))
     scope = f"brand {brand}" if brand else "every brand"
-    if cur.rowcount == 0:
+    if not brand_lists.add(cfg, "dnc", e164, brand, reason, who, db):
         return f"{e164} is already on the do-not-contact list for {scope}"
     return f"{e164} added to the do-not-contact list for {scope}"
 
 
 def dnc_remove(cfg, number: str, brand: str = "", who: str | None = None, db=None) -> str:
-    from .schema import open_db
+    from . import brand_lists
 
     e164 = normalize(number, cfg.strip_prefixes, cfg.default_region)
-    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
-    with db.conn:
-        cur = db.conn.execute(
-            "UPDATE dnc SET removed_by = ?, removed_at = ? WHERE number = ? AND brand = ? AND removed_at IS NULL",
-            (who or getpass.getuser(), _now(cfg.timezone).isoformat(timespec="seconds"), e164, brand or ""))
     scope = f"brand {brand}" if brand else "every brand"
-    if cur.rowcount == 0:
+    if not brand_lists.remove(cfg, "dnc", e164, brand, who, db):
         raise LookupError(f"{e164} is not on the do-not-contact list for {scope}")
     return f"{e164} removed from the do-not-contact list for {scope} (kept in its history)"
 
