@@ -27,11 +27,13 @@ def serve(ctx, listen):
     SIGTERM drains the calls in flight and exits; SIGHUP reopens the audit log
     and the register.
     """
-    from .fastagi import run_server
+    from .fastagi import ServeError, run_server
 
     cfg = ctx.obj.cfg
     try:
         code = run_server(cfg, listen)
+    except ServeError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen or cfg.listen}: {exc}") from None
     sys.exit(code)

@@ -71,6 +71,10 @@ from .guard import RESULT_VALUES, Outcome, audit_row, check_call, safe_value
 from .store import Store, StoreError
 
 
+class ServeError(Exception):
+    """The server cannot start as configured."""
+
+
 class ProtocolError(Exception):
     """The peer did not speak FastAGI as Asterisk does."""
 
@@ -808,8 +812,11 @@ async def serve(cfg, listen=None, ready=None, install_signals: bool = True) -> S
 
 def run_server(cfg, listen=None) -> int:
     if cfg.event_loop == "uvloop":
-        import uvloop  # libuv's loop: about half the CPU per connection of asyncio's own
-
+        try:
+            import uvloop  # libuv's loop: about half the CPU per connection of asyncio's own
+        except ImportError as exc:
+            raise ServeError(f"[fastagi] event_loop = uvloop, but uvloop cannot be imported ({exc}): install "
+                             "it (pip install uvloop) or set event_loop = asyncio") from None
         uvloop.run(serve(cfg, listen))
     else:
         asyncio.run(serve(cfg, listen))

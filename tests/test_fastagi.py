@@ -536,3 +536,19 @@ def test_a_failing_checkpoint_hands_checkpoints_back_to_the_writer(env, monkeypa
     finally:
         writer.close()
         loop.close()
+
+
+def test_missing_uvloop_is_named_and_the_server_does_not_start(env, tmp_path):
+    import os
+    import subprocess
+    from fastagi_support import rpo_guard_bin
+
+    env.init()  # the shipped default: event_loop = uvloop
+    fake = tmp_path / "shadow"
+    fake.mkdir()
+    (fake / "uvloop.py").write_text("raise ImportError('No module named uvloop')\n")  # as on a machine without it
+    run_env = dict(os.environ, RPO_GUARD_CONFIG=str(env.conf), PYTHONPATH=str(fake))
+    out = subprocess.run([rpo_guard_bin(), "serve", "--listen", "127.0.0.1:0"], env=run_env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "event_loop = uvloop, but uvloop cannot be imported" in out.stderr and "event_loop = asyncio" in out.stderr
