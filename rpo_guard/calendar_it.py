@@ -9,8 +9,8 @@ Importing it costs ~70 ms, too much for every call of the process AGI, so:
   :func:`rpo_guard.schema.open_db`) store the holidays of last, this and next
   year in rpo.db (tables ``holidays`` and ``holiday_years``, with the
   package version that produced them; a new package version refills them);
-* the per-call reader looks today and tomorrow up there, in the same read
-  transaction as the other facts;
+* the per-call reader looks today and tomorrow up there (a long-running
+  server keeps them until PRAGMA data_version says rpo.db changed);
 * a year the table does not cover is computed with the package, lazily, at
   call time (slow but right): never an unknown calendar.
 
