@@ -468,6 +468,8 @@ class _Session(asyncio.Protocol):
         srv.stats.sessions += 1
         self.state = _CHECK
         self.request = (env, dialed, brand, callerid_arg, started)
+        # the lookup answers by its deadline; this is only a backstop if that answer never comes
+        self.expires = srv.loop.time() + srv.deadline + srv.read_timeout
         # as the process AGI: the third argument, else CALLERID(num), is the number presented
         caller_id = callerid_arg if callerid_arg is not None else env.get("agi_callerid", "")
         srv.check(self, dialed, brand, caller_id, env.get("agi_callingpres", ""))
@@ -570,7 +572,13 @@ class _Session(asyncio.Protocol):
         if self.state == _AUDIT:
             self.audited(None, _LATE)
         elif self.state == _CHECK:
-            return  # the lookup has its own deadline (progress handler, or the thread timer)
+            # The lookup answers by its own deadline (progress handler, or the thread timer);
+            # still waiting well past it means that answer was lost: drop the connection, so
+            # Asterisk gets no answer and the dialplan blocks, instead of holding the channel.
+            log_failure(f"call {self.request[0].get('agi_uniqueid', '?')}: no lookup answer "
+                        f"{self.server.deadline + self.server.read_timeout:g} s after the request; dropped",
+                        self.server.cfg.log_file)
+            self.fail("lookup never answered")
         else:
             self.fail("read timeout")
 

@@ -552,3 +552,34 @@ def test_missing_uvloop_is_named_and_the_server_does_not_start(env, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "event_loop = uvloop, but uvloop cannot be imported" in out.stderr and "event_loop = asyncio" in out.stderr
+
+
+def test_a_lookup_answer_that_never_comes_drops_the_call_instead_of_holding_it(env):
+    """The backstop behind the lookup deadline: a session stuck waiting for its lookup is
+    dropped (no answer: the dialplan blocks) and logged, never left open."""
+    import asyncio
+    from rpo_guard import fastagi
+    from rpo_guard.harness import Channel, encode_env
+
+    env.write_config("[fastagi]\ndeadline_ms = 50\nread_timeout_ms = 100\n")
+    env.init()
+
+    class LostAnswer(fastagi.FastAGIServer):
+        def check(self, session, *args):
+            pass  # the answer is lost: checked() is never called
+
+    async def scenario():
+        server = LostAnswer(env.cfg, ("127.0.0.1", 0))
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(encode_env(Channel().env_block("agi://127.0.0.1/rpo_guard", ["0612345678", "B"],
+                                                    network_script="rpo_guard")))
+        got = await asyncio.wait_for(reader.read(), 5)  # EOF once the session is dropped
+        stats = server.stats
+        server.request_stop()
+        await server.wait_stopped()
+        return got, stats
+
+    got, stats = asyncio.run(scenario())
+    assert got == b"" and stats.protocol_errors == 1 and stats.allowed == 0
+    assert "no lookup answer" in env.failures.read_text()
