@@ -511,6 +511,72 @@ def test_audit_wal_is_checkpointed_by_the_thread_not_by_the_commits(env, monkeyp
         loop.close()
 
 
+def _wal_restarts(path) -> int:
+    """The WAL header's checkpoint sequence number: +1 each time the WAL starts over from its beginning."""
+    with open(f"{path}-wal", "rb") as fh:
+        return int.from_bytes(fh.read(16)[12:16], "big")
+
+
+def test_audit_wal_starts_over_while_rows_keep_coming(env, monkeypatch):
+    """Commits that never pause must not starve the checkpoints: each run ends with no commit
+    landing, so the next commit starts the WAL over instead of growing it without bound."""
+    import asyncio
+    from rpo_guard import fastagi
+
+    monkeypatch.setattr(fastagi, "CHECKPOINT_EVERY", 0.02)
+    env.init()
+    loop = asyncio.new_event_loop()
+    writer = fastagi.AuditWriter(env.cfg, loop)
+    try:
+        _write_through(writer, _rows(1))
+        runs0, restarts0 = writer.checkpointer.runs, _wal_restarts(env.cfg.audit_db)
+        deadline = time.monotonic() + 60
+        while writer.checkpointer.runs < runs0 + 10 and time.monotonic() < deadline:
+            assert _write_through(writer, _rows(1))[0][1] is None  # one commit after another
+        runs = writer.checkpointer.runs - runs0
+        assert runs >= 10
+        assert _wal_restarts(env.cfg.audit_db) - restarts0 >= runs - 1
+    finally:
+        writer.close()
+        loop.close()
+
+
+def test_a_commit_during_a_checkpoints_last_pass_waits_without_stopping_the_loop(env):
+    """While the checkpoint thread holds the lock, the loop's flush is put off, the loop goes on,
+    and the row is committed once the lock is free."""
+    import asyncio
+    import threading
+    from rpo_guard import fastagi
+
+    env.init()
+
+    async def scenario(writer):
+        got = []
+        writer.submit(_rows(1)[0], lambda audit_id, error: got.append((audit_id, error)))
+        ticks = 0
+        for _ in range(20):  # the loop keeps turning while the commit waits
+            await asyncio.sleep(0.001)
+            ticks += 1
+        assert got == [] and writer.deferred >= 1
+        threading.Timer(0.01, writer.checkpointer.lock.release).start()
+        for _ in range(2000):
+            if got:
+                break
+            await asyncio.sleep(0.001)
+        return got, ticks
+
+    loop = asyncio.new_event_loop()
+    writer = fastagi.AuditWriter(env.cfg, loop)
+    try:
+        _write_through(writer, _rows(1))
+        writer.checkpointer.lock.acquire()
+        got, ticks = loop.run_until_complete(scenario(writer))
+        assert ticks == 20 and got == [(2, None)]
+    finally:
+        writer.close()
+        loop.close()
+
+
 def test_a_failing_checkpoint_hands_checkpoints_back_to_the_writer(env, monkeypatch, tmp_path):
     import asyncio
     from rpo_guard import fastagi
