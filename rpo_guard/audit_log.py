@@ -285,8 +285,10 @@ class AuditLog:
             if new:
                 fix_companions(path, file_mode, group)
         self.conn.execute(f"PRAGMA synchronous = {synchronous}")
-        # The chain's tail after our last commit, and the PRAGMA data_version it
-        # was read at: unchanged means no other connection has written since.
+        # The chain's tail (last id, its hash) after our last commit. It is still the
+        # tail while sqlite_sequence says no id was given since: AUTOINCREMENT raises
+        # seq with every row any connection inserts, and a row deleted from the end
+        # does not lower it.
         self._tail = None
 
     def _create(self, version: int) -> None:
@@ -306,6 +308,12 @@ class AuditLog:
 
     _INSERT = (f"INSERT INTO attempts (id, {', '.join(COLUMNS)}, prev_hash, hash) "
                f"VALUES ({', '.join('?' * (len(COLUMNS) + 3))})")
+    # One row in one statement, written only if the chain's tail is still the one it
+    # was hashed onto: SQLite checks the guard and inserts under the same write lock.
+    _INSERT_ON_TAIL = (f"INSERT INTO attempts (id, {', '.join(COLUMNS)}, prev_hash, hash) "
+                       f"SELECT {', '.join('?' * (len(COLUMNS) + 3))} "
+                       "WHERE (SELECT seq FROM sqlite_sequence WHERE name = 'attempts') = ?")
+    _SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'attempts'"
 
     def append(self, row: dict) -> int:
         """Record one attempt; returns its id."""
@@ -315,17 +323,26 @@ class AuditLog:
         """Record several attempts in one transaction; returns their ids in order.
 
         The chain's tail is read after the write lock is taken, so concurrent
-        writers (processes or threads with their own AuditLog) never fork it;
-        a long-lived writer keeps the tail of its own last commit and reads it
-        again only when PRAGMA data_version says another connection wrote.
+        writers (processes or threads with their own AuditLog) never fork it.
+        A long-lived writer keeps the tail of its own last commit and reads it
+        again only when sqlite_sequence shows that another connection wrote;
+        a single row then takes one statement, its guard checked under the
+        write lock (no BEGIN, tail read or COMMIT round trips).
         """
         prepared = [values_of(r) for r in rows]
         conn = self.conn
         tail, self._tail = self._tail, None  # only a clean commit restores it
+        if tail is not None and len(prepared) == 1:
+            last_id, prev = tail
+            h = row_hash(prev, last_id + 1, prepared[0])
+            if conn.execute(self._INSERT_ON_TAIL, (last_id + 1, *prepared[0], prev, h, last_id)).rowcount == 1:
+                self._tail = (last_id + 1, h)
+                return [last_id + 1]
+            tail = None  # another writer got in first: read the tail below
         conn.execute("BEGIN IMMEDIATE")
         try:
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            last_id, prev = tail[1:] if tail is not None and tail[0] == version else chain_tail(conn)
+            seq = conn.execute(self._SEQ).fetchone()
+            last_id, prev = tail if tail is not None and seq is not None and seq[0] == tail[0] else chain_tail(conn)
             records = []
             for values in prepared:
                 last_id += 1
@@ -338,7 +355,7 @@ class AuditLog:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self._tail = (version, last_id, prev)
+        self._tail = (last_id, prev)
         return [r[0] for r in records]
 
     def close(self) -> None:

@@ -284,3 +284,24 @@ def test_a_long_lived_writer_rereads_the_tail_after_another_writer(tmp_path):
     finally:
         first.close()
         second.close()
+
+
+def test_a_long_lived_writer_leaves_the_gap_of_rows_deleted_from_the_end(tmp_path):
+    """Rows deleted by hand from the end do not lower sqlite_sequence: the writer that wrote
+    them goes on after their ids, and verify names the deletion."""
+    from rpo_guard.audit_chain import verify
+    path = str(tmp_path / "audit.db")
+    log = AuditLog(path)
+    try:
+        row = {"at": "2026-11-25T10:00:00.000+01:00", "dialed": "3331234567", "decision": "ALLOW",
+               "reason": "not_registered", "basis": {}, "via": "fastagi"}
+        assert [log.append(row) for _ in range(5)] == [1, 2, 3, 4, 5]
+        conn = raw(path)
+        drop_triggers(conn)
+        conn.execute("DELETE FROM attempts WHERE id > 3")
+        conn.close()
+        assert log.append(row) == 6  # not 4: ids 4 and 5 stay missing
+        res = verify(log.conn)
+        assert (res.problem.kind, res.problem.row_id) == ("deleted", 6)
+    finally:
+        log.close()
