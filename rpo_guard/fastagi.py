@@ -119,6 +119,12 @@ class Stats:
     reasons: dict = field(default_factory=dict)
 
 
+# How often a reader looks whether rpo.db was replaced by another file (a restored
+# backup, a generation moved or linked into place); meanwhile the file it has open
+# answers. Imports write in place and are seen at once (PRAGMA data_version).
+STAT_EVERY = 0.02
+
+
 class _RegisterReader:
     """One worker thread's register connection; follows a replaced file."""
 
@@ -129,12 +135,17 @@ class _RegisterReader:
         self.generation = -1
         self.last_error = ""
         self.deadline_at = math.inf  # of the lookup running on this connection (time.monotonic)
+        self.next_stat = 0.0  # time.monotonic() from which the file is looked at again
 
     def past_deadline(self) -> bool:
         """SQLite's progress handler: a true answer interrupts the running query."""
         return time.monotonic() > self.deadline_at
 
     def get(self):
+        now = time.monotonic()
+        if now < self.next_stat and self.store is not None and self.server.generation == self.generation:
+            return self.store
+        self.next_stat = now + STAT_EVERY
         cfg = self.server.cfg
         path = cfg.register_db
         try:
@@ -226,11 +237,11 @@ class AuditWriter:
         """Queue ``row``; ``done(audit_id, None)`` or ``done(None, error_text)`` follows."""
         self._pending.append((row, done))
         if not self._scheduled:
-            self._scheduled = True
             if self.more_coming():
+                self._scheduled = True
                 self._timer = self.loop.call_later(BATCH_WINDOW, self._flush_scheduled)
             else:
-                self.loop.call_soon(self._flush_scheduled)
+                self.flush(wait=False)  # no other call in flight: nothing to wait for
         elif len(self._pending) >= BATCH_MAX and self._timer is not None:
             self.flush_soon()
 
