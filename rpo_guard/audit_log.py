@@ -21,7 +21,10 @@ Ids are consecutive (the writer gives id = previous id + 1), so a gap is a
 deleted row. The previous hash and the id are read inside the same
 ``BEGIN IMMEDIATE`` transaction that inserts the rows: SQLite holds the one
 write lock from that read to the commit, so any number of AGI processes (and
-the FastAGI writer thread) chain correctly without any other coordination.
+the FastAGI server) chain correctly without any other coordination. A
+long-lived writer that knows the tail from its own last commit inserts a
+single row with one statement guarded by ``sqlite_sequence``, which SQLite
+checks under the same write lock.
 """
 from __future__ import annotations
 
