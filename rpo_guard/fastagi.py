@@ -324,7 +324,7 @@ class AuditWriter:
 
 
 CHECKPOINT_EVERY = 1.0
-RETRY = 0.0005
+RETRY = 0.001  # the loop's timers have millisecond resolution (uvloop: a shorter delay is 0)
 
 
 class _Checkpointer:
