@@ -1,6 +1,7 @@
 """FastAGI load: `rpo-guard serve` against a trivial FastAGI echo server, same run.
 
     python bench/fastagi_load.py [--numbers 20000000] [--seconds 3] [--rounds 3] [--concurrency 1,16,64]
+                                 [--rates 5000]
 
 Builds (once, cached in --data-dir) a register of N consulted numbers with plain
 sqlite3 inserts into the rpo.db schema, starts `rpo-guard serve` and a trivial
@@ -14,6 +15,13 @@ p50/p99 latency (connect -> server closes its side) and server CPU per call,
 per concurrency, and the ratios against the echo server measured in the same
 run. A third server, the "floor" (rpo-guard's own session code with the lookup
 and the audit write taken out), shows what the check itself adds.
+
+Concurrency N is a closed loop: N calls always in flight, each starting when
+the previous one ends, so the latency is N / throughput by Little's law. A
+call center's calls arrive on their own, so --rates adds open-loop points:
+calls started at a fixed rate whatever the server does, latency measured
+from each call's scheduled start (a late generator counts against the server,
+not in its favour).
 """
 from __future__ import annotations
 
@@ -215,6 +223,37 @@ async def load(port: int, concurrency: int, seconds: float, numbers: int):
     return len(lat), lat, errors, wall
 
 
+async def load_at_rate(port: int, rate: float, seconds: float, numbers: int):
+    """Open loop: a call scheduled every 1/rate s (started in bursts at each timer tick)."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(int(rate))
+    lat: list[float] = []
+    errors = 0
+    pending = set()
+
+    async def call(i: int, scheduled: float):
+        nonlocal errors
+        try:
+            await one_call(port, f"+393{rng.randrange(numbers):09d}", i)
+            lat.append(time.perf_counter() - scheduled)
+        except Exception:
+            errors += 1
+
+    total = int(rate * seconds)
+    t0 = time.perf_counter()
+    i = 0
+    while i < total:
+        now = time.perf_counter()
+        while i < total and t0 + i / rate <= now:  # every call due by now
+            task = loop.create_task(call(i, t0 + i / rate))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            i += 1
+        await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+    await asyncio.gather(*pending)
+    return len(lat), lat, errors, time.perf_counter() - t0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -230,12 +269,15 @@ def warm(path: Path) -> None:
             pass
 
 
-def measure(proc, port: int, concurrency: int, seconds: float, numbers: int, register: Path | None = None) -> dict:
+def measure(proc, port: int, concurrency: int, seconds: float, numbers: int, register: Path | None = None,
+            rate: float = 0) -> dict:
+    """One point: ``concurrency`` calls in a closed loop, or (``rate``) an open loop."""
     if register is not None:
         warm(register)
     asyncio.run(load(port, min(concurrency, 4), 0.3, numbers))  # warm-up
     cpu0 = cpu_seconds(proc.pid)
-    n, lat, errors, wall = asyncio.run(load(port, concurrency, seconds, numbers))
+    n, lat, errors, wall = asyncio.run(load_at_rate(port, rate, seconds, numbers) if rate
+                                       else load(port, concurrency, seconds, numbers))
     cpu = cpu_seconds(proc.pid) - cpu0
     if len(lat) < 2:
         raise SystemExit(f"no answered calls at concurrency {concurrency} ({errors} errors): "
@@ -266,6 +308,7 @@ def main() -> None:
     ap.add_argument("--numbers", type=int, default=int(os.environ.get("RPO_BENCH_NUMBERS", 20_000_000)))
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--rates", default="5000", help="open-loop points, calls/s ('' for none)")
     ap.add_argument("--rounds", type=int, default=3, help="measurements per point and server (medians printed)")
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="where the register is built and kept (default: a folder under the temp dir)")
@@ -287,15 +330,18 @@ def main() -> None:
     print(f"{'conc':>4} | {'rpo-guard/s':>11} {'p50 ms':>6} {'p99 ms':>6} {'cpu us':>6} | {'echo/s':>7} "
           f"{'p50 ms':>6} {'p99 ms':>6} {'cpu us':>6} | {'floor us':>8} | {'rate':>5} {'p50':>5} {'p99':>5} "
           f"{'cpu':>5} | {'cpu/floor':>9}")
+    points = [(int(x), 0) for x in args.concurrency.split(",") if x]
+    points += [(0, float(x)) for x in args.rates.split(",") if x]
     try:
-        for c in [int(x) for x in args.concurrency.split(",")]:
+        for c, rate in points:
             runs = {name: [] for name in servers}
             for _ in range(args.rounds):  # interleaved, so a noisy moment hits every server
                 for name, (proc, port) in servers.items():
-                    runs[name].append(measure(proc, port, c, args.seconds, args.numbers, data / "rpo.db"))
+                    runs[name].append(measure(proc, port, c, args.seconds, args.numbers, data / "rpo.db", rate))
             o, e, f = (median_of(runs[n]) for n in ("ours", "echo", "floor"))
             errors = {n: sum(r["errors"] for r in rs) for n, rs in runs.items()}
-            print(f"{c:>4} | {o['rate']:>11,.0f} {o['p50']:>6.2f} {o['p99']:>6.2f} {o['cpu_us']:>6.0f} | "
+            label = f"{c:>4}" if not rate else f"@{rate:g}/s"
+            print(f"{label:>4} | {o['rate']:>11,.0f} {o['p50']:>6.2f} {o['p99']:>6.2f} {o['cpu_us']:>6.0f} | "
                   f"{e['rate']:>7,.0f} {e['p50']:>6.2f} {e['p99']:>6.2f} {e['cpu_us']:>6.0f} | {f['cpu_us']:>8.0f} | "
                   f"{e['rate'] / o['rate']:>5.2f} {o['p50'] / e['p50']:>5.2f} {o['p99'] / e['p99']:>5.2f} "
                   f"{o['cpu_us'] / e['cpu_us']:>5.2f} | {o['cpu_us'] / f['cpu_us']:>9.2f}"
@@ -305,6 +351,8 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
         for proc, _ in servers.values():
             proc.wait(60)
+    print("conc N = N calls always in flight (closed loop); @R/s = calls started at R per second whatever the "
+          "server does (open loop), latency from each call's scheduled start.")
     print("cpu us = server CPU (all threads) per call. echo = a trivial FastAGI server (asyncio streams, the "
           "same three SET VARIABLEs, no lookup, no audit); floor = rpo-guard's own session code and event loop "
           "with the lookup and the audit write taken out.")
