@@ -308,7 +308,7 @@ def main() -> None:
     ap.add_argument("--numbers", type=int, default=int(os.environ.get("RPO_BENCH_NUMBERS", 20_000_000)))
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--concurrency", default="1,16,64")
-    ap.add_argument("--rates", default="5000", help="open-loop points, calls/s ('' for none)")
+    ap.add_argument("--rates", default="1000,5000", help="open-loop points, calls/s ('' for none)")
     ap.add_argument("--rounds", type=int, default=3, help="measurements per point and server (medians printed)")
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="where the register is built and kept (default: a folder under the temp dir)")

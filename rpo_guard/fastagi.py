@@ -187,11 +187,14 @@ class _RegisterReader:
         return new
 
 
-# A commit costs about as much as writing a few rows, so rows are grouped:
-# while other calls are in flight, a row waits up to BATCH_WINDOW for theirs
-# (BATCH_MAX rows commit at once). With no other call in flight it is
-# committed at the next loop iteration, so a quiet server adds no latency.
+# A commit costs about as much as writing a few rows, so rows are grouped when
+# the server is busy: with more than BATCH_FROM calls in flight, a row waits up
+# to BATCH_WINDOW for theirs (BATCH_MAX rows commit at once). With fewer, it is
+# committed at once: the saving is small at that load, and the wait (1-2 ms on
+# the loop's millisecond timers) would be most of the call's latency (open loop
+# at 1,000 calls/s: p50 2.8 -> 1.2 ms, bench/fastagi_load.py).
 BATCH_WINDOW = 0.001
+BATCH_FROM = 4
 BATCH_MAX = 256
 
 
@@ -200,9 +203,9 @@ class AuditWriter:
 
     A session queues its row with a callback. A flush writes every row queued
     so far in one ``AuditLog.append_many`` transaction and calls each session
-    back with its row id (or the error). It runs at the next loop iteration
-    when no other call is in flight, else BATCH_WINDOW after the first row
-    of the batch, so batches grow with the load (at 16 calls at once about 5
+    back with its row id (or the error). It runs at once when at most
+    BATCH_FROM calls are in flight, else BATCH_WINDOW after the first row of
+    the batch, so batches grow with the load (at 16 calls at once about 5
     rows per commit, half the audit CPU per call). Measured against a writer
     thread (whole batches handed over, one commit in flight): 10-20 % less CPU
     per call and lower latency, the GIL hand-offs costing more than the loop
@@ -230,7 +233,7 @@ class AuditWriter:
         self.batches = 0
         self.deferred = 0  # flushes put off while a checkpoint finished
         self._timer = None
-        self.more_coming = lambda: False  # set by the server: whether other calls are in flight
+        self.more_coming = lambda: False  # set by the server: whether enough calls are in flight to wait
         self.checkpointer = _Checkpointer(cfg)
 
     def submit(self, row: dict, done) -> None:
@@ -241,7 +244,7 @@ class AuditWriter:
                 self._scheduled = True
                 self._timer = self.loop.call_later(BATCH_WINDOW, self._flush_scheduled)
             else:
-                self.flush(wait=False)  # no other call in flight: nothing to wait for
+                self.flush(wait=False)  # a quiet server: the wait would cost more than it saves
         elif len(self._pending) >= BATCH_MAX and self._timer is not None:
             self.flush_soon()
 
@@ -805,7 +808,7 @@ class FastAGIServer:
         from .audit_log import use_json_module
         use_json_module()  # json's C encoder for the rows' hashes: the import is paid once here
         self.audit = AuditWriter(self.cfg, loop)
-        self.audit.more_coming = lambda: len(self.sessions) > 1
+        self.audit.more_coming = lambda: len(self.sessions) > BATCH_FROM
         self._tick = min(0.1, max(0.005, min(self.read_timeout, self.audit_wait) / 10))
         self._sweeper = loop.call_later(self._tick, self._sweep)
         host, port = self.listen

@@ -541,6 +541,28 @@ def test_audit_wal_starts_over_while_rows_keep_coming(env, monkeypatch):
         loop.close()
 
 
+def test_a_quiet_server_commits_at_once_and_a_busy_one_waits_for_the_batch(env):
+    import asyncio
+    from rpo_guard import fastagi
+
+    env.init()
+    loop = asyncio.new_event_loop()
+    writer = fastagi.AuditWriter(env.cfg, loop)
+    try:
+        got = []
+        writer.submit(_rows(1)[0], lambda audit_id, error: got.append(audit_id))
+        assert got == [1]  # no other call in flight: committed before submit returns
+        writer.more_coming = lambda: True
+        for row in _rows(3):
+            writer.submit(row, lambda audit_id, error: got.append(audit_id))
+        assert got == [1]  # busy: the rows wait for the window
+        loop.run_until_complete(asyncio.sleep(fastagi.BATCH_WINDOW * 5))
+        assert got == [1, 2, 3, 4] and writer.batches == 2  # one commit for the three
+    finally:
+        writer.close()
+        loop.close()
+
+
 def test_a_commit_during_a_checkpoints_last_pass_waits_without_stopping_the_loop(env):
     """While the checkpoint thread holds the lock, the loop's flush is put off, the loop goes on,
     and the row is committed once the lock is free."""
