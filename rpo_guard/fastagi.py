@@ -335,10 +335,9 @@ class _Checkpointer:
 
     The writer connection's automatic checkpoints are turned off
     (``wal_autocheckpoint = 0``) once this thread runs; every
-    CHECKPOINT_EVERY seconds it opens the database, runs a PASSIVE checkpoint
-    (it never blocks a writer or a reader; SQLite releases the GIL while it
-    copies and syncs) and closes it again, so a moved or rotated file is
-    simply opened anew.
+    CHECKPOINT_EVERY seconds it runs a PASSIVE checkpoint on a connection of
+    its own (it never blocks a writer or a reader; SQLite releases the GIL
+    while it copies and syncs), opened anew when audit.db is another file.
 
     The WAL starts over from its beginning only when a commit finds every
     frame already copied back. Under steady load some commit always lands
@@ -347,7 +346,10 @@ class _Checkpointer:
     at a time, each commit extending the file). So each run is two passes:
     the bulk with the writer going on, then the few frames committed
     meanwhile while holding ``lock``, which the writer takes for each commit.
-    The writer's next commit then starts the WAL over.
+    Still holding it, the thread writes once (user_version, unchanged): that
+    write starts the WAL over and syncs its new header, an fsync the loop's
+    next commit would otherwise make (measured: the loop thread blocked in
+    fdatasync once per checkpoint).
 
     If a checkpoint fails, the writer turns its automatic checkpoints back on
     at its next commit (logged once), so the WAL never grows without bound.
@@ -362,6 +364,8 @@ class _Checkpointer:
         self._writer = None
         self._handed_back = False
         self.lock = threading.Lock()
+        self._conn = None  # the thread's connection (see _connection)
+        self._ident = None
 
     def take_over(self, writer) -> None:
         """Called (in the loop thread) before each commit of the writer connection."""
@@ -379,15 +383,49 @@ class _Checkpointer:
             self._thread.start()
 
     def checkpoint(self) -> None:
-        import sqlite3
-        conn = sqlite3.connect(self.cfg.audit_db, timeout=self.cfg.audit_busy_timeout_ms / 1000)
+        conn = self._connection()
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # the bulk, commits going on
-            with self.lock:  # the rest, no commit landing: the next one starts the WAL over
+            with self.lock:  # the rest, with no commit landing
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        finally:
-            conn.close()
+                # The first write after it starts the WAL over and syncs the new header:
+                # made here (rewriting user_version as it is), that fsync is not the loop's.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    conn.execute(f"PRAGMA user_version = {int(version)}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        except BaseException:
+            self._close()
+            raise
         self.runs += 1
+
+    def _connection(self):
+        """The thread's own connection to audit.db, kept between runs (a connection
+        opened for each run was seen never to start the WAL over after the first
+        time) and opened anew when the file is another one (moved, restored)."""
+        import sqlite3
+        path = self.cfg.audit_db
+        st = os.stat(path)
+        if self._conn is not None and self._ident == (st.st_dev, st.st_ino):
+            return self._conn
+        self._close()
+        conn = sqlite3.connect(path, timeout=self.cfg.audit_busy_timeout_ms / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA synchronous = {self.cfg.synchronous}")
+        self._conn, self._ident = conn, (st.st_dev, st.st_ino)
+        return conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
 
     def _run(self) -> None:
         while not self._stop.wait(CHECKPOINT_EVERY):
@@ -410,6 +448,7 @@ class _Checkpointer:
                 self.checkpoint()
             except Exception:
                 pass
+        self._close()
 
 
 # Session states, in order.

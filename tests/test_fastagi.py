@@ -541,6 +541,35 @@ def test_audit_wal_starts_over_while_rows_keep_coming(env, monkeypatch):
         loop.close()
 
 
+def test_the_checkpoint_thread_starts_the_wal_over_itself(env, monkeypatch):
+    """The first write after a full checkpoint starts the WAL over and syncs its header:
+    the checkpoint thread makes that write, so the loop's next commit does not pay the fsync."""
+    import asyncio
+    from rpo_guard import fastagi
+
+    monkeypatch.setattr(fastagi, "CHECKPOINT_EVERY", 3600)  # the runs below are made by hand
+    env.init()
+    loop = asyncio.new_event_loop()
+    writer = fastagi.AuditWriter(env.cfg, loop)
+    try:
+        for n in (3, 2, 4):
+            _write_through(writer, _rows(n))
+            before = _wal_restarts(env.cfg.audit_db)
+            writer.checkpointer.checkpoint()
+            assert _wal_restarts(env.cfg.audit_db) == before + 1  # with no commit of the writer since
+            assert [e for _, e in _write_through(writer, _rows(1))] == [None]
+            assert _wal_restarts(env.cfg.audit_db) == before + 1  # the writer appended, no restart of its own
+        assert writer._log.conn.execute("PRAGMA user_version").fetchone()[0] == fastagi_audit_version()
+    finally:
+        writer.close()
+        loop.close()
+
+
+def fastagi_audit_version() -> int:
+    from rpo_guard.audit_log import AUDIT_SCHEMA_VERSION
+    return AUDIT_SCHEMA_VERSION
+
+
 def test_a_quiet_server_commits_at_once_and_a_busy_one_waits_for_the_batch(env):
     import asyncio
     from rpo_guard import fastagi
