@@ -344,8 +344,8 @@ class AuditLog:
             tail = None  # another writer got in first: read the tail below
         conn.execute("BEGIN IMMEDIATE")
         try:
-            seq = conn.execute(self._SEQ).fetchone()
-            last_id, prev = tail if tail is not None and seq is not None and seq[0] == tail[0] else chain_tail(conn)
+            seq = conn.execute(self._SEQ).fetchone() if tail is not None else None
+            last_id, prev = tail if seq is not None and seq[0] == tail[0] else chain_tail(conn)
             records = []
             for values in prepared:
                 last_id += 1
