@@ -17,6 +17,8 @@ import pytest
 from conftest import agi_path, today_rome
 from fastagi_support import Server
 from test_decision_table import TABLE, table_env  # noqa: F401  (the shared decision table and its data)
+from rpo_guard import fastagi
+from rpo_guard.audit_log import AUDIT_SCHEMA_VERSION
 from rpo_guard.harness import Channel, run_fastagi, run_process_agi
 
 COMPARED = ("callerid", "channel", "accountcode", "brand", "dialed", "e164", "decision", "reason",
@@ -472,6 +474,18 @@ def test_unwritable_audit_log_refuses_the_call(sample):
     assert "audit log unwritable" in log and "'decision': 'ALLOW'" in log  # the attempt is kept there
 
 
+@pytest.fixture
+def writer(env):
+    """An audit writer on an event loop of its own (not running: tests drive it)."""
+    import asyncio
+    env.init()
+    loop = asyncio.new_event_loop()
+    audit = fastagi.AuditWriter(env.cfg, loop)
+    yield audit
+    audit.close()
+    loop.close()
+
+
 def _rows(n: int) -> list[dict]:
     return [{"at": "2026-11-25T10:00:00.000+01:00", "dialed": f"33312345{i:02d}", "decision": "ALLOW",
              "reason": "not_registered", "basis": {}, "via": "fastagi"} for i in range(n)]
@@ -485,30 +499,20 @@ def _write_through(writer, rows) -> list:
     return got
 
 
-def test_audit_wal_is_checkpointed_by_the_thread_not_by_the_commits(env, monkeypatch):
+def test_audit_wal_is_checkpointed_by_the_thread_not_by_the_commits(env, writer, monkeypatch):
     """The writer's own automatic checkpoints are off; the checkpoint thread moves the rows into audit.db."""
-    import asyncio
-    from rpo_guard import fastagi
-
     monkeypatch.setattr(fastagi, "CHECKPOINT_EVERY", 0.05)
-    env.init()
-    loop = asyncio.new_event_loop()
-    writer = fastagi.AuditWriter(env.cfg, loop)
-    try:
-        got = _write_through(writer, _rows(20))
-        assert [e for _, e in got] == [None] * 20
-        assert writer._log.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-        deadline = time.monotonic() + 10
-        while writer.checkpointer.runs == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert writer.checkpointer.runs >= 1
-        # the main file itself (WAL ignored) holds every row: the thread's checkpoint copied them
-        main = sqlite3.connect(f"file:{env.cfg.audit_db}?immutable=1", uri=True)
-        assert main.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 20
-        main.close()
-    finally:
-        writer.close()
-        loop.close()
+    got = _write_through(writer, _rows(20))
+    assert [e for _, e in got] == [None] * 20
+    assert writer._log.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    deadline = time.monotonic() + 10
+    while writer.checkpointer.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert writer.checkpointer.runs >= 1
+    # the main file itself (WAL ignored) holds every row: the thread's checkpoint copied them
+    main = sqlite3.connect(f"file:{env.cfg.audit_db}?immutable=1", uri=True)
+    assert main.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 20
+    main.close()
 
 
 def _wal_restarts(path) -> int:
@@ -517,91 +521,54 @@ def _wal_restarts(path) -> int:
         return int.from_bytes(fh.read(16)[12:16], "big")
 
 
-def test_audit_wal_starts_over_while_rows_keep_coming(env, monkeypatch):
+def test_audit_wal_starts_over_while_rows_keep_coming(env, writer, monkeypatch):
     """Commits that never pause must not starve the checkpoints: each run ends with no commit
     landing, so the next commit starts the WAL over instead of growing it without bound."""
-    import asyncio
-    from rpo_guard import fastagi
-
     monkeypatch.setattr(fastagi, "CHECKPOINT_EVERY", 0.02)
-    env.init()
-    loop = asyncio.new_event_loop()
-    writer = fastagi.AuditWriter(env.cfg, loop)
-    try:
-        _write_through(writer, _rows(1))
-        runs0, restarts0 = writer.checkpointer.runs, _wal_restarts(env.cfg.audit_db)
-        deadline = time.monotonic() + 60
-        while writer.checkpointer.runs < runs0 + 10 and time.monotonic() < deadline:
-            assert _write_through(writer, _rows(1))[0][1] is None  # one commit after another
-        runs = writer.checkpointer.runs - runs0
-        assert runs >= 10
-        assert _wal_restarts(env.cfg.audit_db) - restarts0 >= runs - 1
-    finally:
-        writer.close()
-        loop.close()
+    _write_through(writer, _rows(1))
+    runs0, restarts0 = writer.checkpointer.runs, _wal_restarts(env.cfg.audit_db)
+    deadline = time.monotonic() + 60
+    while writer.checkpointer.runs < runs0 + 10 and time.monotonic() < deadline:
+        assert _write_through(writer, _rows(1))[0][1] is None  # one commit after another
+    runs = writer.checkpointer.runs - runs0
+    assert runs >= 10
+    assert _wal_restarts(env.cfg.audit_db) - restarts0 >= runs - 1
 
 
-def test_the_checkpoint_thread_starts_the_wal_over_itself(env, monkeypatch):
+def test_the_checkpoint_thread_starts_the_wal_over_itself(env, writer, monkeypatch):
     """The first write after a full checkpoint starts the WAL over and syncs its header:
     the checkpoint thread makes that write, so the loop's next commit does not pay the fsync."""
-    import asyncio
-    from rpo_guard import fastagi
-
     monkeypatch.setattr(fastagi, "CHECKPOINT_EVERY", 3600)  # the runs below are made by hand
-    env.init()
-    loop = asyncio.new_event_loop()
-    writer = fastagi.AuditWriter(env.cfg, loop)
-    try:
-        for n in (3, 2, 4):
-            _write_through(writer, _rows(n))
-            before = _wal_restarts(env.cfg.audit_db)
-            writer.checkpointer.checkpoint()
-            assert _wal_restarts(env.cfg.audit_db) == before + 1  # with no commit of the writer since
-            assert [e for _, e in _write_through(writer, _rows(1))] == [None]
-            assert _wal_restarts(env.cfg.audit_db) == before + 1  # the writer appended, no restart of its own
-        assert writer._log.conn.execute("PRAGMA user_version").fetchone()[0] == fastagi_audit_version()
-    finally:
-        writer.close()
-        loop.close()
+    for n in (3, 2, 4):
+        _write_through(writer, _rows(n))
+        before = _wal_restarts(env.cfg.audit_db)
+        writer.checkpointer.checkpoint()
+        assert _wal_restarts(env.cfg.audit_db) == before + 1  # with no commit of the writer since
+        assert [e for _, e in _write_through(writer, _rows(1))] == [None]
+        assert _wal_restarts(env.cfg.audit_db) == before + 1  # the writer appended, no restart of its own
+    assert writer._log.conn.execute("PRAGMA user_version").fetchone()[0] == AUDIT_SCHEMA_VERSION  # unchanged
 
 
-def fastagi_audit_version() -> int:
-    from rpo_guard.audit_log import AUDIT_SCHEMA_VERSION
-    return AUDIT_SCHEMA_VERSION
-
-
-def test_a_quiet_server_commits_at_once_and_a_busy_one_waits_for_the_batch(env):
+def test_a_quiet_server_commits_at_once_and_a_busy_one_waits_for_the_batch(env, writer):
     import asyncio
-    from rpo_guard import fastagi
 
-    env.init()
-    loop = asyncio.new_event_loop()
-    writer = fastagi.AuditWriter(env.cfg, loop)
-    try:
-        got = []
-        writer.submit(_rows(1)[0], lambda audit_id, error: got.append(audit_id))
-        assert got == [1]  # no other call in flight: committed before submit returns
-        writer.more_coming = lambda: True
-        for row in _rows(3):
-            writer.submit(row, lambda audit_id, error: got.append(audit_id))
-        assert got == [1]  # busy: the rows wait for the window
-        loop.run_until_complete(asyncio.sleep(fastagi.BATCH_WINDOW * 5))
-        assert got == [1, 2, 3, 4] and writer.batches == 2  # one commit for the three
-    finally:
-        writer.close()
-        loop.close()
+    got = []
+    writer.submit(_rows(1)[0], lambda audit_id, error: got.append(audit_id))
+    assert got == [1]  # no other call in flight: committed before submit returns
+    writer.more_coming = lambda: True
+    for row in _rows(3):
+        writer.submit(row, lambda audit_id, error: got.append(audit_id))
+    assert got == [1]  # busy: the rows wait for the window
+    writer.loop.run_until_complete(asyncio.sleep(fastagi.BATCH_WINDOW * 5))
+    assert got == [1, 2, 3, 4] and writer.batches == 2  # one commit for the three
 
 
-def test_a_commit_during_a_checkpoints_last_pass_waits_without_stopping_the_loop(env):
+def test_a_commit_during_a_checkpoints_last_pass_waits_without_stopping_the_loop(env, writer):
     """While the checkpoint thread holds the lock, the loop's flush is put off, the loop goes on,
     and the row is committed once the lock is free."""
     import asyncio
-    import threading
-    from rpo_guard import fastagi
 
-    env.init()
-
-    async def scenario(writer):
+    async def scenario():
         got = []
         writer.submit(_rows(1)[0], lambda audit_id, error: got.append((audit_id, error)))
         ticks = 0
@@ -616,43 +583,27 @@ def test_a_commit_during_a_checkpoints_last_pass_waits_without_stopping_the_loop
             await asyncio.sleep(0.001)
         return got, ticks
 
-    loop = asyncio.new_event_loop()
-    writer = fastagi.AuditWriter(env.cfg, loop)
-    try:
-        _write_through(writer, _rows(1))
-        writer.checkpointer.lock.acquire()
-        got, ticks = loop.run_until_complete(scenario(writer))
-        assert ticks == 20 and got == [(2, None)]
-    finally:
-        writer.close()
-        loop.close()
+    _write_through(writer, _rows(1))
+    writer.checkpointer.lock.acquire()
+    got, ticks = writer.loop.run_until_complete(scenario())
+    assert ticks == 20 and got == [(2, None)]
 
 
-def test_a_failing_checkpoint_hands_checkpoints_back_to_the_writer(env, monkeypatch, tmp_path):
-    import asyncio
-    from rpo_guard import fastagi
-
+def test_a_failing_checkpoint_hands_checkpoints_back_to_the_writer(env, writer, monkeypatch, tmp_path):
     monkeypatch.setattr(fastagi, "CHECKPOINT_EVERY", 0.05)
-    env.init()
-    loop = asyncio.new_event_loop()
-    writer = fastagi.AuditWriter(env.cfg, loop)
-    try:
-        _write_through(writer, _rows(2))
-        # the thread now checkpoints a path that cannot be a database (a folder): a real failure
-        broken = tmp_path / "elsewhere"
-        (broken / "audit.db").mkdir(parents=True)
-        writer.checkpointer.cfg = env.cfg._replace(data_dir=str(broken))
-        deadline = time.monotonic() + 10
-        while not writer.checkpointer.failed and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert writer.checkpointer.failed
-        got = _write_through(writer, _rows(3))  # the next commit takes the checkpoints back
-        assert [e for _, e in got] == [None] * 3
-        assert writer._log.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
-        assert "checkpoint failed" in env.failures.read_text()
-    finally:
-        writer.close()
-        loop.close()
+    _write_through(writer, _rows(2))
+    # the thread now checkpoints a path that cannot be a database (a folder): a real failure
+    broken = tmp_path / "elsewhere"
+    (broken / "audit.db").mkdir(parents=True)
+    writer.checkpointer.cfg = env.cfg._replace(data_dir=str(broken))
+    deadline = time.monotonic() + 10
+    while not writer.checkpointer.failed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert writer.checkpointer.failed
+    got = _write_through(writer, _rows(3))  # the next commit takes the checkpoints back
+    assert [e for _, e in got] == [None] * 3
+    assert writer._log.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    assert "checkpoint failed" in env.failures.read_text()
 
 
 def test_missing_uvloop_is_named_and_the_server_does_not_start(env, tmp_path):
