@@ -10,8 +10,9 @@ driven by the Asterisk peer exactly as a dialplan would.
 The calls run on the real clock with the calling-hours rule on. When the
 demo runs outside the Code of conduct's calling hours (nights, Sundays,
 holidays) every call would be BLOCK outside_calling_hours and nothing else
-would show: the demo then says so, shows that block on the first call, and
-runs the rest of the campaign with ``[conduct] calling_hours = off``.
+would show: the demo then says so, shows that block on one extra call, and
+runs the whole campaign with ``[conduct] calling_hours = off``. Every rule
+shows whatever the hour.
 """
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def _shifted(text: str, delta: timedelta) -> str:
     return _DATE.sub(lambda m: (date.fromisoformat(m.group(1)) + delta).isoformat(), text)
 
 
-def run_demo(data_dir: Path | None = None) -> None:
+def run_demo(data_dir: Path | None = None, conduct: dict[str, str] | None = None) -> None:
+    """``conduct``: extra ``[conduct]`` settings for the demo's configuration
+    (the tests make today a local holiday with it)."""
     from . import config as config_mod
     from .cli import default_agi_path
     from .harness import Channel, run_process_agi
@@ -41,7 +44,13 @@ def run_demo(data_dir: Path | None = None) -> None:
     work = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="rpo-guard-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     conf = work / "rpo-guard.conf"
-    conf.write_text(f"[paths]\ndata_dir = {work / 'data'}\nlog_file = {work / 'failures.log'}\n")
+    paths = f"[paths]\ndata_dir = {work / 'data'}\nlog_file = {work / 'failures.log'}\n"
+
+    def write_conf(**more: str) -> None:
+        settings = {**(conduct or {}), **more}
+        conf.write_text(paths + "[conduct]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+
+    write_conf()
     cfg = config_mod.load(str(conf))
     from zoneinfo import ZoneInfo
     from datetime import datetime
@@ -72,7 +81,7 @@ def run_demo(data_dir: Path | None = None) -> None:
 
     if closed is not None:
         click.echo(f"\nnote: now is outside the calling hours ({closed.detail}): every call would be\n"
-                   "  BLOCK outside_calling_hours. The first call shows it; the rest of the campaign runs with\n"
+                   "  BLOCK outside_calling_hours. The first call shows it; then the whole campaign runs with\n"
                    "  [conduct] calling_hours = off so that the other rules show. Try the what-if at the end.\n")
     agi = default_agi_path()
     env = {config_mod.ENV_VAR: str(conf)}
@@ -80,18 +89,20 @@ def run_demo(data_dir: Path | None = None) -> None:
     header = f"{'dialed':<20} {'brand':<12} {'RPO_RESULT':<10} {'RPO_REASON':<21} {'AGISTATUS':<9} dialplan"
     click.echo(header)
     click.echo("-" * len(header))
-    first = None
     with open(work / "campaign.csv", newline="", encoding="utf-8") as fh:
-        for i, row in enumerate(csv.DictReader(fh)):
-            if i == 1 and closed is not None:
-                conf.write_text(conf.read_text() + "[conduct]\ncalling_hours = off\n")
-            channel = Channel(extension=re.sub(r"\D", "", row["dialed"]) or "s", callerid=row["caller_id"],
-                              uniqueid=f"1795339{100 + i}.{i * 2 + 1}")
-            s = run_process_agi(agi, [row["dialed"], row["brand"]], channel, env=env)
-            first = first or s
-            click.echo(f"{row['dialed']:<20} {row['brand']:<12} {s.result or '-':<10} {s.reason or '-':<21} "
-                       f"{s.agistatus:<9} {'Dial' if s.dialplan_allows else 'Hangup(21)':<10}  # "
-                       + ("outside the calling hours now" if i == 0 and closed is not None else row["what it shows"]))
+        campaign = [(row, row["what it shows"]) for row in csv.DictReader(fh)]
+    if closed is not None:
+        campaign.insert(0, (campaign[0][0], "outside the calling hours now"))
+    first = None
+    for i, (row, what) in enumerate(campaign):
+        if i == 1 and closed is not None:
+            write_conf(calling_hours="off")
+        channel = Channel(extension=re.sub(r"\D", "", row["dialed"]) or "s", callerid=row["caller_id"],
+                          uniqueid=f"1795339{100 + i}.{i * 2 + 1}")
+        s = run_process_agi(agi, [row["dialed"], row["brand"]], channel, env=env)
+        first = first or s
+        click.echo(f"{row['dialed']:<20} {row['brand']:<12} {s.result or '-':<10} {s.reason or '-':<21} "
+                   f"{s.agistatus:<9} {'Dial' if s.dialplan_allows else 'Hangup(21)':<10}  # {what}")
     click.echo("\nthe first session, as Asterisk logs it with `agi set debug on`:")
     for line in first.transcript:
         click.echo("  " + line)

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -50,15 +51,40 @@ def test_python_dash_m_runs_the_agi(data):
                                                   'SET VARIABLE "RPO_REASON" "not_registered"']
 
 
+DEMO_REASONS = ("not_registered", "rpo_registered", "consent", "contract", "internal_dnc", "consent_revoked",
+                "optout", "not_consulted", "invalid_number", "caller_id_not_allowed", "silent_call_cooldown",
+                "callback_request")
+
+
+def _campaign_calls():
+    from importlib import resources
+    return len((resources.files("rpo_guard") / "sample_data" / "campaign.csv").read_text().strip().splitlines()) - 1
+
+
 def test_demo_runs_the_campaign(tmp_path):
+    # On the real clock: every rule shows, in the calling hours or not.
     r = CliRunner().invoke(cli, ["demo", "--data-dir", str(tmp_path / "demo")])
     assert r.exit_code == 0, r.output
-    for reason in ("not_registered", "rpo_registered", "consent", "contract", "internal_dnc",
-                   "consent_revoked", "optout", "not_consulted", "invalid_number"):
+    for reason in DEMO_REASONS:
         assert f" {reason} " in r.output, reason
-    from importlib import resources
-    campaign = (resources.files("rpo_guard") / "sample_data" / "campaign.csv").read_text().strip().splitlines()
-    assert r.output.count(" SUCCESS ") >= len(campaign) - 1
+    assert r.output.count(" SUCCESS ") >= _campaign_calls()
+
+
+def test_demo_outside_the_calling_hours_shows_the_block_then_every_rule(tmp_path, capsys):
+    from rpo_guard.demo import run_demo
+    today = today_rome()
+    holiday = f"{today.isoformat()}, {(today + timedelta(days=1)).isoformat()}"  # a run across midnight too
+    run_demo(tmp_path / "demo", conduct={"local_holidays": holiday})
+    output = capsys.readouterr().out
+    assert "note: now is outside the calling hours" in output
+    rows = [line for line in output.splitlines() if " SUCCESS " in line]
+    assert len(rows) == _campaign_calls() + 1
+    assert " outside_calling_hours " in rows[0] and rows[0].endswith("# outside the calling hours now")
+    assert rows[1].split()[:5] == rows[0].split()[:5]  # the same call, then with the calling hours off
+    assert " not_registered " in rows[1]
+    assert sum(" outside_calling_hours " in row for row in rows) == 1
+    for reason in DEMO_REASONS:
+        assert f" {reason} " in output, reason
 
 
 def test_import_errors_name_file_line_and_field(data):
