@@ -62,6 +62,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -180,10 +181,8 @@ class _RegisterReader:
         old, self.store, self.ident, self.generation = self.store, new, ident, gen
         if old is not None:
             self.server.stats.register_reopened += 1
-            try:
+            with suppress(Exception):
                 old.close()
-            except Exception:
-                pass
         return new
 
 
@@ -315,10 +314,8 @@ class AuditWriter:
                 log_failure(f"audit log unwritable ({type(exc).__name__}: {exc}); attempt: {row!r}",
                             self.cfg.log_file)
             if self._log is not None:
-                try:
+                with suppress(Exception):
                     self._log.close()
-                except Exception:
-                    pass
                 self._log = None
             return None, f"{type(exc).__name__}: {exc}"
         self.written += len(rows)
@@ -421,10 +418,8 @@ class _Checkpointer:
 
     def _close(self) -> None:
         if self._conn is not None:
-            try:
+            with suppress(Exception):
                 self._conn.close()
-            except Exception:
-                pass
             self._conn = None
 
     def _run(self) -> None:
@@ -444,10 +439,8 @@ class _Checkpointer:
         self._thread.join()
         self._thread = None
         if not self.failed:
-            try:
+            with suppress(Exception):
                 self.checkpoint()
-            except Exception:
-                pass
         self._close()
 
 
@@ -746,10 +739,8 @@ class FastAGIServer:
         """Open the register in every worker and import what a first lookup would."""
         self._lookup("+390000000000", "", "0612345678", "0")
         from . import numbers
-        try:
+        with suppress(Exception):
             numbers.normalize("0612345678", (), "IT")
-        except Exception:
-            pass
 
     def check(self, session: _Session, dialed: str, brand: str, caller_id: str, callingpres: str) -> None:
         """Run the lookup; ``session.checked(outcome)`` follows, by the deadline at the latest."""
