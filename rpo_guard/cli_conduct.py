@@ -90,7 +90,9 @@ def holidays_cmd(ctx, year):
 
     from .calendar_it import local_holiday, national_holidays, package_version
     cfg = ctx.cfg
-    year = year or datetime.now().year
+    if not year:
+        from zoneinfo import ZoneInfo
+        year = datetime.now(ZoneInfo(cfg.timezone)).year  # the rules' year, not the server's
     national = national_holidays(year)
     day = date(year, 1, 1)
     click.echo(f"# {year}: national holidays from the holidays package {package_version()}; "

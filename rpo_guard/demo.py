@@ -11,8 +11,10 @@ The calls run on the real clock with the calling-hours rule on. When the
 demo runs outside the Code of conduct's calling hours (nights, Sundays,
 holidays) every call would be BLOCK outside_calling_hours and nothing else
 would show: the demo then says so, shows that block on one extra call, and
-runs the whole campaign with ``[conduct] calling_hours = off``. Every rule
-shows whatever the hour.
+runs the whole campaign with ``[conduct] calling_hours = off``. When the
+hours open or close within the next minute (the calls take about a second),
+the whole campaign runs with them off, so that no answer changes half-way.
+Every rule shows whatever the hour.
 """
 from __future__ import annotations
 
@@ -76,10 +78,21 @@ def run_demo(data_dir: Path | None = None, conduct: dict[str, str] | None = None
 
     from .calendar_it import call_time
     from .decision import calling_hours_problem
-    closed = calling_hours_problem(call_time(datetime.now(ZoneInfo(cfg.timezone)), cfg.timezone,
-                                             cfg.local_holidays), cfg.policy)
 
-    if closed is not None:
+    def problem(at):
+        return calling_hours_problem(call_time(at, cfg.timezone, cfg.local_holidays), cfg.policy)
+
+    now = datetime.now(ZoneInfo(cfg.timezone))
+    closed = problem(now)
+    # The calls take a second or so: when the calling hours open or close within the next
+    # minute the answers would change half-way through, so the campaign runs with them off.
+    edge = (closed is None) != (problem(now + timedelta(minutes=1)) is None)
+    if edge:
+        click.echo("\nnote: the calling hours open or close within the minute: the campaign runs with\n"
+                   "  [conduct] calling_hours = off so that every call gives the same answer throughout.\n")
+        write_conf(calling_hours="off")
+        closed = None
+    elif closed is not None:
         click.echo(f"\nnote: now is outside the calling hours ({closed.detail}): every call would be\n"
                    "  BLOCK outside_calling_hours. The first call shows it; then the whole campaign runs with\n"
                    "  [conduct] calling_hours = off so that the other rules show. Try the what-if at the end.\n")

@@ -58,11 +58,15 @@ def open_db(path, mode: int = 0o640, group: str = ""):
 
 def refresh_holidays(db) -> None:
     """Keep the holiday cache of the calling-hours rule filled (rpo_guard.calendar_it)."""
-    from datetime import date
+    from datetime import datetime, timedelta, timezone
 
     from .calendar_it import cache_years, refresh_cache
+    # Today in the rules' zone (not known here; Europe/Rome is 1-2 h ahead of a UTC server's
+    # date.today() around New Year) is within a day of today in UTC: cover the years of both.
+    now = datetime.now(timezone.utc)
+    years = sorted({y for at in (now - timedelta(days=1), now + timedelta(days=1)) for y in cache_years(at.date())})
     try:
-        refresh_cache(db.conn, cache_years(date.today()))
+        refresh_cache(db.conn, years)
     except ImportError:
         pass  # no holidays package: each call computes (and fails closed) on its own
 
