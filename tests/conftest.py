@@ -16,8 +16,21 @@ ROME = ZoneInfo("Europe/Rome")
 TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "asterisk-transcripts"
 
 
+_test_day: date | None = None  # today when the running test started (see _one_day_per_test)
+
+
 def today_rome() -> date:
-    return datetime.now(ROME).date()
+    """Today in Europe/Rome: the day the running test started, so that a test running across
+    midnight compares what it finds with the dates it wrote (outside a test: the clock)."""
+    return _test_day or datetime.now(ROME).date()
+
+
+@pytest.fixture(autouse=True)
+def _one_day_per_test():
+    global _test_day
+    _test_day = datetime.now(ROME).date()
+    yield
+    _test_day = None
 
 
 def agi_path() -> str:

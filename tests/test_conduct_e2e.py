@@ -7,7 +7,7 @@ import re
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -85,18 +85,23 @@ def test_check_reads_the_holiday_cache(data):
     env = data()
     conn = sqlite3.connect(env.cfg.register_db)
     years = {r[0] for r in conn.execute("SELECT year FROM holiday_years")}
-    assert today_rome().year in years and today_rome().year + 1 in years
+    year = today_rome().year + 1
+    assert year - 1 in years and year in years
+    # a Wednesday of next year's last week of November (no national holiday that week or the day before)
+    day = date(year, 11, 22) + timedelta(days=(2 - date(year, 11, 22).weekday()) % 7)
+    assert check(CLIENT, "--brand", "Energia Uno", "--at", f"{day}T12:00", "--caller-id", ROME_LINE)["reason"] == "contract"
     with conn:  # a holiday only the cache knows: proves the per-call path reads it
-        conn.execute("INSERT INTO holidays (day, year, name) VALUES ('2027-11-24', 2027, 'test-only holiday')")
+        conn.execute("INSERT INTO holidays (day, year, name) VALUES (?, ?, 'test-only holiday')", (day.isoformat(), year))
     conn.close()
-    v = check(CLIENT, "--brand", "Energia Uno", "--at", "2027-11-24T12:00", "--caller-id", ROME_LINE)
+    v = check(CLIENT, "--brand", "Energia Uno", "--at", f"{day}T12:00", "--caller-id", ROME_LINE)
     assert v["reason"] == "outside_calling_hours" and "test-only holiday" in v["detail"]
-    v = check(CLIENT, "--brand", "Energia Uno", "--at", "2027-11-23T19:30", "--caller-id", ROME_LINE)
+    v = check(CLIENT, "--brand", "Energia Uno", "--at", f"{day - timedelta(days=1)}T19:30", "--caller-id", ROME_LINE)
     assert v["reason"] == "outside_calling_hours"  # its eve
 
 
 def test_per_call_path_does_not_import_holidays_when_cached(data):
     env = data()
+    epiphany = f"{today_rome().year + 1}-01-06T12:00+01:00"  # a year the cache holds, whatever the clock
     code = f"""
 import sys
 from datetime import datetime
@@ -104,7 +109,7 @@ from rpo_guard import config
 from rpo_guard.guard import check_call
 from rpo_guard.store import Store
 cfg = config.load({str(env.conf)!r})
-o = check_call(cfg, Store(cfg.register_db), {CLIENT!r}, "Energia Uno", datetime.fromisoformat("2027-03-29T12:00+02:00"),
+o = check_call(cfg, Store(cfg.register_db), {CLIENT!r}, "Energia Uno", datetime.fromisoformat({epiphany!r}),
                caller_id={ROME_LINE!r}, callingpres="0")
 print(o.verdict.reason, "holidays" in sys.modules)
 """
@@ -202,14 +207,15 @@ def test_silent_call_command_and_cooldown(data):
     data(CLOCK_FREE)
     code, out = run("silent-call", FREE, "--brand", "Telco Due", "--at", f"{days(7)}T19:30", "--uniqueid", "17.3")
     assert code == 0 and f"refused until {today_rome().isoformat()}" in out
-    v = check(FREE, "--brand", "Energia Uno")  # every brand, last day of the cool-down
+    today = f"{today_rome()}T12:00"  # the day the data is dated from, even if the test runs across midnight
+    v = check(FREE, "--brand", "Energia Uno", "--at", today)  # every brand, last day of the cool-down
     assert v["reason"] == "silent_call_cooldown" and v["basis"]["until"] == today_rome().isoformat()
     tomorrow = (today_rome() + timedelta(days=1)).isoformat()
     assert check(FREE, "--at", f"{tomorrow}T12:00")["reason"] == "not_registered"
     # first day: the day of the silent call itself
     code, _ = run("silent-call", REGISTERED, "--at", f"{days(0)}T00:01")
     assert code == 0
-    assert check(REGISTERED, "--brand", "Energia Uno")["reason"] == "silent_call_cooldown"
+    assert check(REGISTERED, "--brand", "Energia Uno", "--at", today)["reason"] == "silent_call_cooldown"
     code, out = run("silent-call", FREE, "--at", f"{tomorrow}T12:00")
     assert code == 1 and "future" in out
     assert run("silent-call", "12345")[0] == 1
@@ -305,7 +311,8 @@ def test_agi_outside_calling_hours_on_the_real_clock(data):
     assert (s.result, s.reason) == ("BLOCK", "outside_calling_hours")
     row = env.audit_rows()[-1]
     assert row["reason"] == "outside_calling_hours" and "local holiday" in row["detail"]
-    assert datetime.fromisoformat(row["at"]).utcoffset() == datetime.now(ROME).utcoffset()
+    at = datetime.fromisoformat(row["at"])  # Rome's offset at that instant (DST or not)
+    assert at.utcoffset() == at.astimezone(ROME).utcoffset()
 
 
 def test_demo_shows_the_conduct_rules(tmp_path):

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from conftest import Env, agi_path, days
+from conftest import Env, agi_path, days, today_rome
 from rpo_guard.cli import cli
 from rpo_guard.decision import REASONS
 from rpo_guard.harness import Channel, run_process_agi
@@ -27,8 +27,26 @@ def backdate(env, batch_id: int, days_ago: int):
 
 
 @pytest.fixture(scope="module")
-def table_env(tmp_path_factory):
-    env = Env(tmp_path_factory.mktemp("table"))
+def table_by_day(tmp_path_factory):
+    """The table's data is dated from today (Europe/Rome) and its edge cases count days
+    (14 vs 15, 30 vs 31): a module running across midnight builds it again for the new day."""
+    built = {}
+
+    def get():
+        day = today_rome()
+        if day not in built:
+            built[day] = build_table(tmp_path_factory.mktemp("table"))
+        return built[day]
+    return get
+
+
+@pytest.fixture
+def table_env(table_by_day):
+    return table_by_day()
+
+
+def build_table(root):
+    env = Env(root)
     env.write_config("[numbers]\nstrip_prefixes = 9, *31#\n")
     env.init()
     # History for the "unbroken run of registered results" (registration date unknown).

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import agi_path, today_rome
 from fastagi_support import Server
-from test_decision_table import TABLE, table_env  # noqa: F401  (the shared decision table and its data)
+from test_decision_table import TABLE, table_by_day, table_env  # noqa: F401  (the shared decision table and its data)
 from rpo_guard import fastagi
 from rpo_guard.audit_log import AUDIT_SCHEMA_VERSION
 from rpo_guard.harness import Channel, run_fastagi, run_process_agi
@@ -102,10 +102,19 @@ def test_decisions_equal_the_process_agi(sample, server):
 
 
 @pytest.fixture(scope="module")
-def table_server(table_env):  # noqa: F811
-    s = Server(table_env.conf)
-    yield s
-    s.stop()
+def table_servers():
+    """One server per table data folder (a new one if the module runs across midnight)."""
+    servers = {}
+    yield servers
+    for s in servers.values():
+        s.stop()
+
+
+@pytest.fixture
+def table_server(table_env, table_servers):  # noqa: F811
+    if str(table_env.conf) not in table_servers:
+        table_servers[str(table_env.conf)] = Server(table_env.conf)
+    return table_servers[str(table_env.conf)]
 
 
 @pytest.mark.parametrize("dialed, brand, decision, reason", TABLE)
