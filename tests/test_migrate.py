@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import agi_path, days, today_rome
-from rpo_guard.audit_log import AUDIT_SCHEMA_VERSION, AuditLog
+from rpo_guard.audit_log import (AUDIT_SCHEMA_VERSION, COLUMNS, GENESIS, NO_DELETE_TRIGGER, AuditLog,
+                                 row_hash, values_of)
 from rpo_guard.harness import Channel, run_process_agi
 from rpo_guard.migrate import schema_objects
 from rpo_guard.schema import SCHEMA_VERSION
@@ -63,14 +64,40 @@ def build_v1(env) -> None:
         c.execute("INSERT INTO holiday_years (year, source) VALUES (1999, 'test')")
         c.execute("INSERT INTO holidays (day, year, name) VALUES ('1999-12-25', 1999, 'Natale')")
     c.close()
-    a = sqlite3.connect(env.cfg.audit_db)
+    a = sqlite3.connect(env.cfg.audit_db, isolation_level=None)
     a.executescript((DATA / "audit_v1.sql").read_text())
     a.execute("PRAGMA journal_mode = WAL")
+    # three chained rows, the third deleted from the end (by hand, as a v1 log may have
+    # been tampered with): its id stays taken in sqlite_sequence, so the gap must survive
+    prev = GENESIS
+    for i, (number, reason) in enumerate([(FREE, "not_registered"), (REGISTERED, "rpo_registered"),
+                                          (ON_DNC, "internal_dnc")], 1):
+        values = values_of({"at": days(1) + f"T10:00:0{i}+01:00", "dialed": number, "e164": number, "brand": BRAND,
+                            "decision": "ALLOW" if i == 1 else "BLOCK", "reason": reason, "via": "agi"})
+        h = row_hash(prev, i, values)
+        a.execute(f"INSERT INTO attempts (id, {', '.join(COLUMNS)}, prev_hash, hash) VALUES "
+                  f"({', '.join('?' * (len(COLUMNS) + 3))})", (i, *values, prev, h))
+        prev = h
+    a.execute("DROP TRIGGER attempts_no_delete")
+    a.execute("DELETE FROM attempts WHERE id = 3")
+    a.execute(NO_DELETE_TRIGGER)
     a.close()
-    log = AuditLog(env.cfg.audit_db)
-    log.append({"at": days(1) + "T10:00:00+01:00", "dialed": "3331234567", "e164": FREE, "brand": BRAND,
-                "decision": "ALLOW", "reason": "not_registered", "via": "agi"})
-    log.close()
+
+
+def sequence(path) -> list:
+    c = sqlite3.connect(path)
+    try:
+        return c.execute("SELECT name, seq FROM sqlite_sequence ORDER BY name").fetchall()
+    finally:
+        c.close()
+
+
+def unique_indexes(path) -> list:
+    c = sqlite3.connect(path)
+    try:
+        return [r[1] for r in c.execute("PRAGMA index_list(attempts)") if r[2]]
+    finally:
+        c.close()
 
 
 def dump(path) -> dict:
@@ -125,7 +152,8 @@ def test_fresh_databases_are_created_at_the_current_version(env):
     c.close()
     assert [(r[0], r[3]) for r in rows] == [(2, "created at version 2")] and rows[0][1] and rows[0][2]
     r = rpo_guard(env, "migrate")
-    assert r.returncode == 0 and "version 2, current" in r.stdout and "version 1, current" in r.stdout
+    assert r.returncode == 0 and r.stdout.count("version 2, current") == 2
+    assert unique_indexes(env.cfg.audit_db) == []  # the hash column is not indexed (version 2)
 
 
 def test_v1_register_blocks_every_call_until_migrated(v1):
@@ -135,7 +163,9 @@ def test_v1_register_blocks_every_call_until_migrated(v1):
     assert b"Traceback" not in s.stderr
     log = v1.failures.read_text()
     assert "schema version 1, expected 2" in log and "run `rpo-guard migrate`" in log
-    assert v1.audit_rows()[-1]["reason"] == "error"
+    # the v1 audit log is refused too: the attempt is kept in the failure log, not written
+    assert "audit schema version 1, this rpo_guard needs 2 (run `rpo-guard migrate`)" in log
+    assert [r["id"] for r in v1.audit_rows()] == [1, 2] and "'reason': 'error'" in log
     r = rpo_guard(v1, "check", "3331234567", "--brand", BRAND)
     assert r.returncode == 1 and r.stdout.startswith("BLOCK error") and "rpo-guard migrate" in r.stdout
     st = rpo_guard(v1, "status", "--json")
@@ -156,8 +186,10 @@ def test_migrate_v1_keeps_every_row_and_decides_as_before(v1):
     r = rpo_guard(v1, "migrate")
     assert r.returncode == 0, r.stderr
     assert "migrated to version 2" in r.stdout and "step 2 applied" in r.stdout
-    assert version(v1.cfg.register_db) == 2 and version(v1.cfg.audit_db) == 1
+    assert r.stdout.count("step 2 applied") == 2
+    assert version(v1.cfg.register_db) == 2 and version(v1.cfg.audit_db) == 2
     assert dump(v1.cfg.register_db) == before_rpo and dump(v1.cfg.audit_db) == before_audit
+    assert sequence(v1.cfg.audit_db) == [("attempts", 3)] and unique_indexes(v1.cfg.audit_db) == []
     c = sqlite3.connect(v1.cfg.register_db)
     rec = c.execute("SELECT version, applied_at, applied_by, description FROM schema_migrations").fetchall()
     c.close()
@@ -168,6 +200,8 @@ def test_migrate_v1_keeps_every_row_and_decides_as_before(v1):
     from rpo_guard.schema import open_db
     open_db(fresh / "rpo.db").close()
     assert objects(v1.cfg.register_db) == objects(fresh / "rpo.db")
+    AuditLog(fresh / "audit.db").close()
+    assert objects(v1.cfg.audit_db) == objects(fresh / "audit.db")
 
     for number, expected in EXPECTED.items():
         s = agi(v1, number)
@@ -177,8 +211,11 @@ def test_migrate_v1_keeps_every_row_and_decides_as_before(v1):
         out = json.loads(r.stdout)
         assert (out["decision"], out["reason"]) == expected and r.returncode == (0 if expected[0] == "ALLOW" else 1)
     rows = v1.audit_rows()
-    assert [r["reason"] for r in rows[1:]] == [e[1] for e in EXPECTED.values()]
-    assert rpo_guard(v1, "audit", "verify").returncode == 0  # the pre-migration row still chains
+    assert [r["id"] for r in rows] == [1, 2, *range(4, 4 + len(EXPECTED))]  # id 3 stays taken
+    assert [r["reason"] for r in rows[2:]] == [e[1] for e in EXPECTED.values()]
+    # the pre-migration rows still chain, and the row deleted before it is still named
+    v = rpo_guard(v1, "audit", "verify")
+    assert v.returncode == 1 and "BROKEN at row 4: deleted: row(s) 3..3" in v.stdout + v.stderr
     st = json.loads(rpo_guard(v1, "status", "--json").stdout)
     assert st["schema_problem"] == "" and st["brands"][0]["numbers_consulted"] == 5
 
@@ -235,6 +272,26 @@ def test_a_failing_step_rolls_back_whole(v1):
     c.commit()
     c.close()
     assert rpo_guard(v1, "migrate").returncode == 0 and version(v1.cfg.register_db) == 2
+
+
+def test_a_failing_audit_step_rolls_back_whole(v1):
+    """A table already named like the one the rebuild sets aside: the step fails after
+    nothing, and the v1 log is left exactly as it was (its rows, views and index)."""
+    c = sqlite3.connect(v1.cfg.audit_db)
+    c.execute("CREATE TABLE attempts_v1 (x)")
+    c.commit()
+    c.close()
+    before = (dump(v1.cfg.audit_db), objects(v1.cfg.audit_db), sequence(v1.cfg.audit_db))
+    r = rpo_guard(v1, "migrate")
+    assert r.returncode == 1 and "step failed, rolled back" in r.stderr
+    assert version(v1.cfg.audit_db) == 1 and version(v1.cfg.register_db) == 2  # the other one is still handled
+    assert (dump(v1.cfg.audit_db), objects(v1.cfg.audit_db), sequence(v1.cfg.audit_db)) == before
+    assert unique_indexes(v1.cfg.audit_db) == ["sqlite_autoindex_attempts_1"]
+    c = sqlite3.connect(v1.cfg.audit_db)
+    c.execute("DROP TABLE attempts_v1")
+    c.commit()
+    c.close()
+    assert rpo_guard(v1, "migrate").returncode == 0 and version(v1.cfg.audit_db) == 2
 
 
 def test_a_foreign_database_is_refused(env):
