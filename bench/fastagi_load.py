@@ -381,7 +381,13 @@ def main() -> None:
         p.unlink()
     (data / "failures.log").unlink(missing_ok=True)
     conf = data / "rpo-guard.conf"
-    conf.write_text(f"[paths]\ndata_dir = {data}\nlog_file = {data / 'failures.log'}\n" + os.environ.get("RPO_BENCH_EXTRA_CONF", ""))
+    # The calling hours stay on, over the whole day, so that the calls take the same
+    # path (register, consents, DNC, caller ID, calendar, then the register's answer)
+    # whatever the hour the benchmark runs at; on a Sunday or a holiday every call is
+    # refused by the calendar instead (the decisions are printed at the end).
+    conf.write_text(f"[paths]\ndata_dir = {data}\nlog_file = {data / 'failures.log'}\n"
+                    "[conduct]\nweekday_hours = 00:00-23:59\nreduced_hours = 00:00-23:59\n"
+                    + os.environ.get("RPO_BENCH_EXTRA_CONF", ""))
     env = dict(os.environ, RPO_GUARD_CONFIG=str(conf))
     rpo_guard = str(Path(sys.executable).parent / "rpo-guard")
     servers = {"ours": start([rpo_guard, "serve", "--listen", "127.0.0.1:0"], env, "listening on"),
@@ -413,6 +419,8 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
         for proc, _ in servers.values():
             proc.wait(60)
+    stopped = [line for line in servers["ours"][0].stderr.read().splitlines() if "stopped;" in line]
+    print("rpo-guard's decisions: " + (stopped[-1].split("stopped; ", 1)[1] if stopped else "(no stop line)"))
     print("conc N = N calls always in flight (closed loop); @R/s = calls started at R per second whatever the "
           "server does (open loop), latency from each call's scheduled start.")
     print("cpu us = server CPU (all threads) per call. echo = a trivial FastAGI server (asyncio streams, the "
