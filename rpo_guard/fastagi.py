@@ -293,6 +293,7 @@ class AuditWriter:
         if self._log is not None:
             self._log.close()
             self._log = None
+        self.checkpointer.release()
 
     def _write(self, rows):
         """(ids, None) or (None, error text)."""
@@ -348,6 +349,18 @@ class _Checkpointer:
     next commit would otherwise make (measured: the loop thread blocked in
     fdatasync once per checkpoint).
 
+    SQLite syncs audit.db only at the end of a pass that leaves no frame
+    behind, i.e. in the pass that holds off the commits, and that sync then
+    had to write every page the bulk pass had copied (with a large log those
+    are scattered index pages: 15 ms and more with 1,000,000 rows, and every
+    call arriving meanwhile waited). So between the two passes the thread
+    syncs audit.db itself, through a descriptor of its own: the last pass's
+    sync is left only its own few pages. That descriptor is never closed
+    while the server's SQLite connections are open (closing any descriptor
+    of a file drops every POSIX lock the process holds on it, SQLite's
+    included): one per file audit.db has been, closed by :meth:`release`
+    after the writer's connection.
+
     If a checkpoint fails, the writer turns its automatic checkpoints back on
     at its next commit (logged once), so the WAL never grows without bound.
     """
@@ -363,6 +376,7 @@ class _Checkpointer:
         self.lock = threading.Lock()
         self._conn = None  # the thread's connection (see _connection)
         self._ident = None
+        self._fds: dict = {}  # (st_dev, st_ino) -> a read-only descriptor, for the sync (see above)
 
     def take_over(self, writer) -> None:
         """Called (in the loop thread) before each commit of the writer connection."""
@@ -383,6 +397,7 @@ class _Checkpointer:
         conn = self._connection()
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # the bulk, commits going on
+            _sync(self._fds[self._ident])  # its pages, written now rather than under the lock
             with self.lock:  # the rest, with no commit landing
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 # The first write after it starts the WAL over and syncs the new header:
@@ -414,6 +429,8 @@ class _Checkpointer:
                                check_same_thread=False)
         conn.execute(f"PRAGMA synchronous = {self.cfg.synchronous}")
         self._conn, self._ident = conn, (st.st_dev, st.st_ino)
+        if self._ident not in self._fds:
+            self._fds[self._ident] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         return conn
 
     def _close(self) -> None:
@@ -442,6 +459,16 @@ class _Checkpointer:
             with suppress(Exception):
                 self.checkpoint()
         self._close()
+
+    def release(self) -> None:
+        """Close the sync descriptors: only once no connection of this process has audit.db open."""
+        for fd in self._fds.values():
+            with suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
+_sync = getattr(os, "fdatasync", os.fsync)
 
 
 # Session states, in order.

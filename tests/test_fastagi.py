@@ -558,6 +558,49 @@ def test_the_checkpoint_thread_starts_the_wal_over_itself(env, writer, monkeypat
     assert writer._log.conn.execute("PRAGMA user_version").fetchone()[0] == AUDIT_SCHEMA_VERSION  # unchanged
 
 
+def _fds_on(path) -> list[int]:
+    """This process's descriptors open on ``path``'s inode."""
+    import os
+    st = os.stat(path)
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            s = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
+            found.append(int(name))
+    return found
+
+
+def test_the_checkpoint_syncs_audit_db_before_holding_off_the_commits(env, writer, monkeypatch):
+    """audit.db is synced between the passes, not under the lock, on a descriptor of the
+    thread's own that stays open (closing it would drop SQLite's POSIX locks) until the
+    writer has closed its connection."""
+    import os
+    monkeypatch.setattr(fastagi, "CHECKPOINT_EVERY", 3600)  # the runs below are made by hand
+    synced = []
+    real = fastagi._sync
+
+    def spy(fd):
+        st, db = os.fstat(fd), os.stat(env.cfg.audit_db)
+        synced.append(((st.st_dev, st.st_ino) == (db.st_dev, db.st_ino), writer.checkpointer.lock.locked()))
+        real(fd)
+
+    monkeypatch.setattr(fastagi, "_sync", spy)
+    for n in (3, 2):
+        _write_through(writer, _rows(n))
+        writer.checkpointer.checkpoint()
+    assert synced == [(True, False), (True, False)]  # audit.db's inode, the commits not held off
+    main = sqlite3.connect(f"file:{env.cfg.audit_db}?immutable=1", uri=True)
+    assert main.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 5
+    main.close()
+    ours = set(writer.checkpointer._fds.values())
+    assert len(ours) == 1 and ours <= set(_fds_on(env.cfg.audit_db))
+    writer.close()
+    assert not ours & set(_fds_on(env.cfg.audit_db)) and writer.checkpointer._fds == {}
+
+
 def test_a_quiet_server_commits_at_once_and_a_busy_one_waits_for_the_batch(env, writer):
     import asyncio
 
