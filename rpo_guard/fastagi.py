@@ -326,6 +326,11 @@ class AuditWriter:
 
 CHECKPOINT_EVERY = 1.0
 RETRY = 0.001  # the loop's timers have millisecond resolution (uvloop: a shorter delay is 0)
+# The checkpoint thread's nice value, above the loop's: its copying can wait a little, the
+# calls cannot (p99 at 1,000 calls/s with a 1,000,000-row log: 1.0-1.7 ms against 1.6-2.2 at
+# the loop's own priority, bench/fastagi_load.py). Raising one's own nice needs no privilege;
+# the pass that holds off the commits is short (~0.2 ms median, a few ms at most) either way.
+CHECKPOINT_NICE = 10
 
 
 class _Checkpointer:
@@ -440,6 +445,9 @@ class _Checkpointer:
             self._conn = None
 
     def _run(self) -> None:
+        with suppress(OSError, AttributeError):  # Linux: a thread's own nice value, by its id
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           os.getpriority(os.PRIO_PROCESS, 0) + CHECKPOINT_NICE)
         while not self._stop.wait(CHECKPOINT_EVERY):
             try:
                 self.checkpoint()

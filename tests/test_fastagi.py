@@ -601,6 +601,25 @@ def test_the_checkpoint_syncs_audit_db_before_holding_off_the_commits(env, write
     assert not ours & set(_fds_on(env.cfg.audit_db)) and writer.checkpointer._fds == {}
 
 
+def test_the_checkpoint_thread_runs_at_a_lower_priority_than_the_loop(env, writer, monkeypatch):
+    import os
+    monkeypatch.setattr(fastagi, "CHECKPOINT_EVERY", 3600)
+    _write_through(writer, _rows(1))  # starts the thread
+    thread = writer.checkpointer._thread
+    deadline = time.monotonic() + 10
+    while thread.native_id is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    def nice(tid) -> int:
+        return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+    mine = nice(threading.get_native_id())
+    while nice(thread.native_id) == mine and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert nice(thread.native_id) == min(mine + fastagi.CHECKPOINT_NICE, 19)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the loop's own is unchanged
+
+
 def test_a_quiet_server_commits_at_once_and_a_busy_one_waits_for_the_batch(env, writer):
     import asyncio
 
