@@ -474,8 +474,6 @@ def build_audit_log(data: Path, rows: int) -> Path | None:
     conn = sqlite3.connect(tmp, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
     rng = random.Random(7)
-    insert = (f"INSERT INTO attempts (id, {', '.join(audit_log.COLUMNS)}, prev_hash, hash) "
-              f"VALUES ({', '.join('?' * (len(audit_log.COLUMNS) + 3))})")
     prev = audit_log.GENESIS
     conn.execute("BEGIN")
     for i in range(1, rows + 1):
@@ -487,7 +485,7 @@ def build_audit_log(data: Path, rows: int) -> Path | None:
             "basis": {"kind": "consultation", "batch_id": 1, "consulted_on": "2026-11-20"},
             "detail": "not registered at the consultation of 2026-11-20", "latency_ms": 0.5, "via": "fastagi"})
         h = audit_log.row_hash(prev, i, values)
-        conn.execute(insert, (i, *values, prev, h))
+        conn.execute(audit_log.AuditLog._INSERT, (i, *values, prev, h))
         prev = h
     conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = DELETE")  # one file to copy

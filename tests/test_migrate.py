@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import agi_path, days, today_rome
-from rpo_guard.audit_log import (AUDIT_SCHEMA_VERSION, COLUMNS, GENESIS, NO_DELETE_TRIGGER, AuditLog,
-                                 row_hash, values_of)
+from rpo_guard.audit_log import AUDIT_SCHEMA_VERSION, GENESIS, NO_DELETE_TRIGGER, AuditLog, row_hash, values_of
 from rpo_guard.harness import Channel, run_process_agi
 from rpo_guard.migrate import schema_objects
 from rpo_guard.schema import SCHEMA_VERSION
@@ -75,8 +74,7 @@ def build_v1(env) -> None:
         values = values_of({"at": days(1) + f"T10:00:0{i}+01:00", "dialed": number, "e164": number, "brand": BRAND,
                             "decision": "ALLOW" if i == 1 else "BLOCK", "reason": reason, "via": "agi"})
         h = row_hash(prev, i, values)
-        a.execute(f"INSERT INTO attempts (id, {', '.join(COLUMNS)}, prev_hash, hash) VALUES "
-                  f"({', '.join('?' * (len(COLUMNS) + 3))})", (i, *values, prev, h))
+        a.execute(AuditLog._INSERT, (i, *values, prev, h))
         prev = h
     a.execute("DROP TRIGGER attempts_no_delete")
     a.execute("DELETE FROM attempts WHERE id = 3")
