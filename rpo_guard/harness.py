@@ -269,6 +269,37 @@ class CommandEngine:
         return "200 result=0\n"
 
 
+class _Exchange:
+    """Asterisk's side of the command loop, for both peers: splits what the script
+    sends into command lines, logs each line and its response as res_agi does
+    (``Rx <<`` / ``Tx >>``) and answers it through the :class:`CommandEngine`."""
+
+    def __init__(self, engine: CommandEngine, tx: list[str], prefix: str,
+                 hangup_before_command: int | None, hang_up):
+        self.engine, self.tx, self.prefix = engine, tx, prefix
+        self.hangup_before_command, self.hang_up = hangup_before_command, hang_up
+        self.buf = b""
+        self.commands = 0
+
+    def responses(self, chunk: bytes):
+        """``(n, response)`` for each complete command line received so far (n counts
+        from 1). With ``hangup_before_command`` = N, ``hang_up`` runs just before the
+        Nth command is answered. The peer logs the response it sends with :meth:`log`."""
+        self.buf += chunk
+        while b"\n" in self.buf:
+            raw, self.buf = self.buf.split(b"\n", 1)
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            self.commands += 1
+            if self.commands == self.hangup_before_command:
+                self.hang_up()
+            self.tx.append(self.prefix + "Rx << " + line)
+            yield self.commands, self.engine.handle(line)
+
+    def log(self, response: str) -> None:
+        for out in response.rstrip("\n").split("\n"):
+            self.tx.append(self.prefix + "Tx >> " + out)
+
+
 @dataclass
 class Session:
     """What happened: the transcript lines, the channel and the AGISTATUS."""
@@ -347,7 +378,7 @@ def run_process_agi(script: str, args: list[str], channel: Channel | None = None
             except ProcessLookupError:
                 pass
 
-    engine = CommandEngine(channel, on_hangup=hang_up)
+    exchange = _Exchange(CommandEngine(channel, on_hangup=hang_up), tx, prefix, hangup_before_command, hang_up)
     request = script
     block = env_block_override if env_block_override is not None else encode_env(
         channel.env_block(request, args))
@@ -363,8 +394,6 @@ def run_process_agi(script: str, args: list[str], channel: Channel | None = None
     if hangup_after is not None:
         timer = threading.Timer(hangup_after, hang_up)
         timer.start()
-    buf = b""
-    commands = 0
     timed_out = False
     deadline = started + timeout
     fd = proc.stdout.fileno()
@@ -380,19 +409,10 @@ def run_process_agi(script: str, args: list[str], channel: Channel | None = None
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
-            buf += chunk
-            while b"\n" in buf:
-                raw, buf = buf.split(b"\n", 1)
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                commands += 1
-                if hangup_before_command is not None and commands == hangup_before_command:
-                    hang_up()
-                tx.append(prefix + "Rx << " + line)
-                response = engine.handle(line)
-                if replace_responses and commands in replace_responses:
-                    response = replace_responses[commands]
-                for out in response.rstrip("\n").split("\n"):
-                    tx.append(prefix + "Tx >> " + out)
+            for n, response in exchange.responses(chunk):
+                if replace_responses and n in replace_responses:
+                    response = replace_responses[n]
+                exchange.log(response)
                 try:
                     proc.stdin.write(response.encode())
                     proc.stdin.flush()
@@ -490,18 +510,17 @@ def run_fastagi(host: str, port: int, script: str, args: list[str], channel: Cha
     def script_hangup():  # the HANGUP command: answered first, then the HANGUP line
         state["pending_hangup_line"] = True
 
-    engine = CommandEngine(channel, on_hangup=script_hangup)
+    exchange = _Exchange(CommandEngine(channel, on_hangup=script_hangup), tx, prefix, hangup_before_command,
+                         caller_hangs_up)
     block = env_block_override if env_block_override is not None else encode_env(
         channel.env_block(request, args, network_script=script))
-    for i, line in enumerate(block.decode("utf-8", "replace").split("\n")[:-1]):
+    for line in block.decode("utf-8", "replace").split("\n")[:-1]:
         # Asterisk logs the two network lines without the channel prefix (transcript 07)
         tx.append(("AGI " if line.startswith("agi_network") else prefix) + "Tx >> " + line)
     send(block)
 
     hangup_at = started + hangup_after if hangup_after is not None else None
     deadline = started + timeout
-    buf = b""
-    commands = 0
     status = None
     try:
         while True:
@@ -526,19 +545,10 @@ def run_fastagi(host: str, port: int, script: str, args: list[str], channel: Cha
                 chunk = b""
             if not chunk:
                 break
-            buf += chunk
-            while b"\n" in buf:
-                raw, buf = buf.split(b"\n", 1)
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                commands += 1
-                if hangup_before_command is not None and commands == hangup_before_command:
-                    caller_hangs_up()
-                tx.append(prefix + "Rx << " + line)
-                response = engine.handle(line)
+            for _, response in exchange.responses(chunk):
                 if answer_delay:
                     time.sleep(answer_delay)
-                for out in response.rstrip("\n").split("\n"):
-                    tx.append(prefix + "Tx >> " + out)
+                exchange.log(response)
                 send(response.encode())
                 if state["pending_hangup_line"]:
                     state["pending_hangup_line"] = False
