@@ -12,6 +12,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from .calendar_it import local_time
+from .callerid import read as read_caller_id
 from .decision import CallFacts, Policy, decide, error_verdict
 from .numbers import InvalidNumber, candidate_e164, normalize
 
@@ -64,8 +65,7 @@ def check_call(cfg, store, raw: str, brand: str = "", at: datetime | None = None
                 facts = store.facts(e164, brand, at.date(), when, cfg.local_holidays,
                                     cfg.silent_call_days, cfg.timezone)
         if e164 is not None and caller_id is not None and policy.caller_id_check:
-            from .callerid import read
-            facts = facts._replace(caller_id=read(caller_id, callingpres, facts.declared_caller_ids))
+            facts = facts._replace(caller_id=read_caller_id(caller_id, callingpres, facts.declared_caller_ids))
         verdict = decide(facts, policy)
     except Exception as exc:  # fail closed, whatever went wrong
         verdict = error_verdict(f"{type(exc).__name__}: {exc}")

@@ -65,3 +65,27 @@ def check_unusual(Code):
     assert basis_text({"id": Code(4)}) == json.dumps({"id": Code(4)}, sort_keys=True)
     assert basis_text({1: "x"}) == json.dumps({1: "x"}, sort_keys=True)
     assert basis_text({"x": float("nan")}) == json.dumps({"x": float("nan")}, sort_keys=True)
+
+
+def test_values_of_stores_other_values_as_text_and_latency_as_a_finite_float():
+    row = {c: f"v-{c}" for c in COLUMNS}
+    row.update(uniqueid=1795339001.5, accountcode=7, latency_ms="2.5", basis={"b": 1, "a": [2]})
+    values = dict(zip(COLUMNS, values_of(row)))
+    assert values["uniqueid"] == "1795339001.5" and values["accountcode"] == "7"
+    assert values["latency_ms"] == 2.5 and values["basis"] == '{"a": [2], "b": 1}'
+    assert values["at"] == "v-at" and values["via"] == "v-via"
+    assert values_of({"latency_ms": float("inf")})[COLUMNS.index("latency_ms")] is None
+    assert values_of({}) == [("{}" if c == "basis" else None) for c in COLUMNS]
+
+
+def test_without_jsons_c_encoder_the_json_module_path_is_its_plain_encode(monkeypatch):
+    import json.encoder
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    enc = json.JSONEncoder(sort_keys=True)
+    assert audit_log._reused(enc) == enc.encode
+    saved = audit_log._dump_basis, audit_log._dump_row
+    try:
+        audit_log.use_json_module()
+        assert basis_text({"b": 1, "a": "é"}) == json.dumps({"b": 1, "a": "é"}, sort_keys=True)
+    finally:
+        audit_log._dump_basis, audit_log._dump_row = saved
