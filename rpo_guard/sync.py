@@ -792,6 +792,18 @@ def _records(path: Path, enc: str, src: Source, columns: dict, required: tuple[s
             yield line, {k: _cell(row, t.index[k]) for k in columns}
 
 
+
+def _numbered_records(path: Path, enc: str, src: Source, columns: tuple[str, ...], required: tuple[str, ...],
+                      norm: Callable[[str], str]):
+    """(line, E.164 number, {field: text}) of a consent-log or do-not-contact file
+    (:func:`_records`); a number that is not one stops the import at its line."""
+    for line, r in _records(path, enc, src, {c: () for c in columns}, required):
+        try:
+            number = norm(r["number"])
+        except InvalidNumber as exc:
+            raise ImportFailed(f"{path}:{line}: field 'number': {exc}") from None
+        yield line, number, r
+
 _CONSENT_SQL = (
     "INSERT INTO consents (number, brand, kind, given_at, given_on, ends_at, ends_on, channel, evidence,"
     " source_file, source_line, batch_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -843,11 +855,8 @@ def import_consents(cfg, path: Path, who: str | None = None, db=None, *, source:
         seen = [0]
 
         def params(batch_id):
-            for line, r in _records(path, enc, src, {c: () for c in columns}, ("number", "brand", "kind", "given_at")):
-                try:
-                    number = norm(r["number"])
-                except InvalidNumber as exc:
-                    raise ImportFailed(f"{path}:{line}: field 'number': {exc}") from None
+            for line, number, r in _numbered_records(path, enc, src, columns, ("number", "brand", "kind", "given_at"),
+                                                     norm):
                 kind = r["kind"].lower()
                 if kind not in CONSENT_KINDS:
                     raise ImportFailed(f"{path}:{line}: field 'kind': {kind!r} is not one of "
@@ -898,13 +907,9 @@ def import_dnc(cfg, path: Path, who: str | None = None, *, source: str | None = 
     def make_fill(path, src, enc, size, who, stats):
         def fill(conn, batch_id):
             added = removed = n = 0
-            for line, r in _records(path, enc, src, {c: () for c in ("number", "brand", "reason", "action")},
-                                    ("number",)):
+            for line, number, r in _numbered_records(path, enc, src, ("number", "brand", "reason", "action"),
+                                                     ("number",), norm):
                 n += 1
-                try:
-                    number = norm(r["number"])
-                except InvalidNumber as exc:
-                    raise ImportFailed(f"{path}:{line}: field 'number': {exc}") from None
                 action = (r["action"] or "add").lower()
                 if action == "add":
                     cur = conn.execute(

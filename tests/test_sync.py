@@ -224,6 +224,12 @@ def test_consents_upsert_with_provenance(env):
     conn = sqlite3.connect(env.cfg.register_db)
     prov = conn.execute("SELECT number, source_file, source_line FROM consents ORDER BY number").fetchall()
     assert prov == [("+390612345678", str(a), 2), ("+393331234567", str(jl), 2)]
+    bad = write(env, "c3.jsonl", json.dumps({"number": "0612345678", "brand": "acme", "kind": "consent",
+                                             "given_at": days(3)}) + "\n" + json.dumps(
+        {"number": "06-nope", "brand": "acme", "kind": "consent", "given_at": days(3)}) + "\n")
+    with pytest.raises(ImportFailed, match=r"c3\.jsonl:2: field 'number'"):
+        import_consents(env.cfg, bad, who="t")
+    assert conn.execute("SELECT count(*) FROM consents").fetchone()[0] == 2  # nothing of c3 landed
 
 
 def test_dnc_import_csv_and_jsonl(env):
