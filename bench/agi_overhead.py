@@ -60,8 +60,8 @@ for name, value in (("RPO_RESULT", "ALLOW"), ("RPO_REASON", "not_registered"), (
 
 
 def build_register(cfg, n: int) -> list[str]:
-    from rpo_guard.audit_log import AuditLog
-    from rpo_guard.schema import open_db
+    from rpo_guard.audit.log import AuditLog
+    from rpo_guard.register.schema import open_db
 
     db = open_db(cfg.register_db)
     today = datetime.now(ZoneInfo(cfg.timezone)).date()
@@ -95,7 +95,7 @@ def main() -> None:
     cfg = config_mod.load(str(conf))
     t = time.perf_counter()
     numbers = build_register(cfg, args.numbers)
-    from rpo_guard.conduct import caller_id_add
+    from rpo_guard.register.conduct import caller_id_add
     caller_id_add(cfg, "0612340000", "Energia Uno", who="bench")
     print(f"register: {args.numbers:,} numbers built in {time.perf_counter() - t:.1f} s")
 

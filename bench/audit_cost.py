@@ -6,7 +6,7 @@ Part 1, the audit write as a share of the whole AGI call. The same run measures:
   (non-editable) install in a virtualenv made for the benchmark (an editable
   install slows every Python start and would flatter the share);
 * the audit step exactly as rpo_guard.agi runs it, with the same interpreter:
-  the import of rpo_guard.audit_log in a fresh process (measured against an
+  the import of rpo_guard.audit.log in a fresh process (measured against an
   interpreter that already imported everything else the AGI needs), then
   AuditLog(...) + append(row) + close() on the same audit.db, in a loop.
 share = (import + write) / whole call. Target (issue 5): <= 10%.
@@ -41,16 +41,20 @@ from rpo_guard.harness import Channel, run_process_agi  # noqa: E402
 IMPORT_PROBE = """
 import time, sys
 import signal, io, os, re
-from rpo_guard import config, decision, guard, store, failure_log  # what the AGI has loaded before the audit step
+from rpo_guard import config
+from rpo_guard.rules import decision
+from rpo_guard import guard
+from rpo_guard.register import store
+from rpo_guard import failure_log  # what the AGI has loaded before the audit step
 from asterisk.agi import AGI
 t = time.perf_counter()
-from rpo_guard.audit_log import AuditLog
+from rpo_guard.audit.log import AuditLog
 print(time.perf_counter() - t)
 """
 
 WRITE_PROBE = """
 import json, statistics, sys, time
-from rpo_guard.audit_log import AuditLog
+from rpo_guard.audit.log import AuditLog
 path, n, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 row = json.loads(sys.argv[4])
 times = []
@@ -66,7 +70,7 @@ print(statistics.median(times))
 
 MEMORY_PROBE = """
 import resource, sys
-from rpo_guard.cli import cli
+from rpo_guard.cli.main import cli
 sys.argv = ["rpo-guard"] + sys.argv[1:]
 try:
     cli(prog_name="rpo-guard", standalone_mode=False)
@@ -93,8 +97,8 @@ def python_in(venv: Path, code: str, *args: str) -> str:
 def part1(args, work: Path) -> None:
     import json
     import random
-    from rpo_guard.audit_log import AuditLog
-    from rpo_guard.schema import open_db
+    from rpo_guard.audit.log import AuditLog
+    from rpo_guard.register.schema import open_db
 
     conf = work / "rpo-guard.conf"
     conf.write_text(f"[paths]\ndata_dir = {work / 'data'}\nlog_file = {work / 'failures.log'}\n")
@@ -148,13 +152,13 @@ def part1(args, work: Path) -> None:
     wn_ms, wf_ms = statistics.median(writes_n) * 1000, statistics.median(writes_f) * 1000
     print(f"audit.db before the run: 200,000 attempts; AGI calls measured: {len(whole)}; cores: {os.cpu_count()}")
     print(f"whole AGI call (harness, regular install): median {call_ms:7.2f} ms")
-    print(f"audit step: import rpo_guard.audit_log       {imp_ms:7.3f} ms")
+    print(f"audit step: import rpo_guard.audit.log       {imp_ms:7.3f} ms")
     print(f"            open + append + close, normal    {wn_ms:7.3f} ms   (default [audit] synchronous)")
     print(f"            open + append + close, full      {wf_ms:7.3f} ms")
     print(f"share of the AGI call, synchronous=normal: {(imp_ms + wn_ms) / call_ms:6.1%}  (target <= 10%)")
     print(f"share of the AGI call, synchronous=full:   {(imp_ms + wf_ms) / call_ms:6.1%}")
     # the chain's own part of the write: the tail lookup and the hash, in-process
-    from rpo_guard.audit_log import chain_tail, row_hash, values_of
+    from rpo_guard.audit.log import chain_tail, row_hash, values_of
     import sqlite3
     conn = sqlite3.connect(cfg.audit_db, isolation_level=None)
     values = values_of(json.loads(row))
@@ -170,9 +174,9 @@ def part1(args, work: Path) -> None:
 
 
 def part2(args, work: Path) -> None:
-    from rpo_guard.audit_chain import open_ro, verify
-    from rpo_guard.audit_log import AuditLog
-    from rpo_guard.audit_query import EXPORT_COLUMNS, Filters, export
+    from rpo_guard.audit.chain import open_ro, verify
+    from rpo_guard.audit.log import AuditLog
+    from rpo_guard.audit.query import EXPORT_COLUMNS, Filters, export
 
     path = work / "big" / "audit.db"
     path.parent.mkdir(parents=True)

@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo
 from rpo_guard import config as config_mod
 from rpo_guard.guard import check_call
 from rpo_guard.harness import Channel, run_process_agi
-from rpo_guard.schema import open_db
-from rpo_guard.store import Store
+from rpo_guard.register.schema import open_db
+from rpo_guard.register.store import Store
 from rpo_guard.sync import import_consents, import_consultation
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
@@ -77,14 +77,14 @@ def main():
     a_on, rb = agi_loop(on)
     print(f"process AGI, median of 15: off {a_off * 1e3:.1f} ms ({ra}), on {a_on * 1e3:.1f} ms ({rb}): "
           f"ratio {a_on / a_off:.2f} (calling hours judged on the real clock; caller ID classified by phonenumbers)")
-    from rpo_guard.conduct import caller_id_add
+    from rpo_guard.register.conduct import caller_id_add
     caller_id_add(on, "0612340000", "B", who="bench")
     a_decl, rc = agi_loop(on)
     print(f"process AGI, caller ID declared for the brand (no phonenumbers import): on {a_decl * 1e3:.1f} ms ({rc}): "
           f"ratio {a_decl / a_off:.2f}")
 
     code = ("import time,sys;t=time.perf_counter();from datetime import datetime;from rpo_guard import config;"
-            "from rpo_guard.guard import check_call;from rpo_guard.store import Store;"
+            "from rpo_guard.guard import check_call;from rpo_guard.register.store import Store;"
             f"c=config.load({str(on.path)!r});o=check_call(c,Store(c.register_db),'3331200007','B',"
             "datetime.fromisoformat(sys.argv[1]),caller_id='0612340000',callingpres='0');"
             "print(time.perf_counter()-t,'holidays' in sys.modules,o.verdict.reason)")

@@ -51,11 +51,11 @@ BRAND = "Energia Uno"
 def build_register(data: Path, numbers: int) -> None:
     from datetime import date, datetime, timezone
 
-    from rpo_guard.schema import open_db
+    from rpo_guard.register.schema import open_db
 
     import hashlib
 
-    import rpo_guard.schema as schema_mod
+    import rpo_guard.register.schema as schema_mod
 
     db_path = data / "rpo.db"
     schema_hash = hashlib.sha1(Path(schema_mod.__file__).read_bytes()).hexdigest()[:12]
@@ -93,7 +93,7 @@ async def _echo_session(reader, writer):
     """What any FastAGI server does per call, and nothing more: read and parse the
     environment block (a server must, to get its arguments), send the three SET
     VARIABLE commands one at a time, half-close, read to the end."""
-    from rpo_guard.fastagi import parse_env
+    from rpo_guard.fastagi.session import parse_env
     try:
         async with asyncio.timeout(2):
             parse_env(await reader.readuntil(b"\n\n"))
@@ -130,8 +130,10 @@ def _floor_main() -> None:
     and the audit row cost on top of our transport is ours minus this."""
     from datetime import datetime
 
-    from rpo_guard import config, fastagi
-    from rpo_guard.decision import Verdict
+    from rpo_guard import config
+
+    from rpo_guard.fastagi import server as fastagi
+    from rpo_guard.rules.decision import Verdict
     from rpo_guard.guard import Outcome
 
     outcome = Outcome(Verdict("ALLOW", "not_registered", {}), "+393000000001", datetime.now().astimezone())
@@ -458,7 +460,7 @@ def build_audit_log(data: Path, rows: int) -> Path | None:
         return None
     import hashlib
 
-    from rpo_guard import audit_log
+    from rpo_guard.audit import log as audit_log
     code = hashlib.sha1(Path(audit_log.__file__).read_bytes()).hexdigest()[:12]
     kept = data / f"audit-{rows}-{code}.db"  # rebuilt when the audit schema code changes
     if kept.exists():

@@ -85,7 +85,7 @@ print(r.message, flush=True)
 
 
 def lookups(db: str, numbers: list[str], stop, out) -> None:
-    from rpo_guard.store import Store
+    from rpo_guard.register.store import Store
     today = datetime.now(ZoneInfo("Europe/Rome")).date()
     store = Store(Path(db))
     done = failed = slow = 0

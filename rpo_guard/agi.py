@@ -2,7 +2,7 @@
 
 The caller ID checked is ``agi_callerid`` (CALLERID(num)) unless the third
 argument gives the number the call will present; ``agi_callingpres`` showing
-a restricted presentation makes it hidden either way (rpo_guard.callerid).
+a restricted presentation makes it hidden either way (rpo_guard.rules.callerid).
 
 Asterisk starts it once per call (``AGI(${RPO_GUARD_AGI},${NUMBER},${BRAND})``).
 It reads the environment block through pyst2, decides, records the attempt in
@@ -88,7 +88,7 @@ def run(argv: list[str]) -> int:
     env = agi.env
 
     from . import config as config_mod
-    from .decision import error_verdict
+    from rpo_guard.rules.decision import error_verdict
     from .guard import Outcome, audit_row, check_call
 
     cfg = None
@@ -104,7 +104,7 @@ def run(argv: list[str]) -> int:
     else:
         store = None
         try:
-            from .store import Store
+            from rpo_guard.register.store import Store
             store = Store(cfg.register_db, cfg.busy_timeout_ms)
         except Exception as exc:
             log_failure(f"register database {cfg.register_db}: {type(exc).__name__}: {exc}", log_file)
@@ -122,7 +122,7 @@ def run(argv: list[str]) -> int:
     try:
         if cfg is None:
             raise RuntimeError("no configuration, no audit log")
-        from .audit_log import AuditLog
+        from rpo_guard.audit.log import AuditLog
         log = AuditLog(cfg.audit_db, cfg.audit_busy_timeout_ms, cfg.file_mode, synchronous=cfg.synchronous,
                        group=cfg.group)
         try:

@@ -201,7 +201,7 @@ def _words(v: str) -> tuple[str, ...]:
     return out
 
 
-# [source NAME] sections: how one sender's files are read (rpo_guard.sync.Source); NAME "default"
+# [source NAME] sections: how one sender's files are read (rpo_guard.register.sources.Source); NAME "default"
 # changes the defaults of every file. key -> (parser, default text, meaning)
 SOURCE_SETTINGS: dict[str, tuple] = {
     "encoding": (_encoding, "auto", "auto (UTF-8, with or without BOM, else Latin-1), or a codec: utf-8, utf-8-sig, latin-1, cp1252"),
@@ -304,7 +304,7 @@ class Config(namedtuple("Config", ["path"] + [("inbox_dir" if k == "inbox" else 
 
     @property
     def policy(self):
-        from .decision import Policy
+        from rpo_guard.rules.decision import Policy
         return Policy(validity_days=self.validity_days, contract_grace_days=self.contract_grace_days,
                       calling_hours=self.calling_hours, weekday_window=self.weekday_hours,
                       reduced_window=self.reduced_hours, caller_id_check=self.caller_id_check,

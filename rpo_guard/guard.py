@@ -11,10 +11,10 @@ from collections import namedtuple
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from .calendar_it import local_time
-from .callerid import read as read_caller_id
-from .decision import CallFacts, Policy, decide, error_verdict
-from .numbers import InvalidNumber, candidate_e164, normalize
+from rpo_guard.rules.calendar_it import local_time
+from rpo_guard.rules.callerid import read as read_caller_id
+from rpo_guard.rules.decision import CallFacts, Policy, decide, error_verdict
+from rpo_guard.rules.numbers import InvalidNumber, candidate_e164, normalize
 
 RESULT_VALUES = frozenset({"ALLOW", "BLOCK"})
 

@@ -23,6 +23,10 @@ show it, byte for byte:
 
 Commands that a real Asterisk would act on but that this peer does not model
 (media, DTMF) answer ``200 result=0``; rpo_guard uses none of them.
+
+It reads best whole: the command table, the engine that answers as
+Asterisk does and the two transports (process and FastAGI) are one model of
+one peer, checked together against the recorded sessions.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Schema upgrades of rpo.db and audit.db (`rpo-guard migrate`), stdlib sqlite3 only.
 
 Each database carries its schema version in ``PRAGMA user_version``
-(rpo.db: :data:`rpo_guard.schema.SCHEMA_VERSION`, audit.db:
-:data:`rpo_guard.audit_log.AUDIT_SCHEMA_VERSION`). An upgrade runs the steps
+(rpo.db: :data:`rpo_guard.register.schema.SCHEMA_VERSION`, audit.db:
+:data:`rpo_guard.audit.log.AUDIT_SCHEMA_VERSION`). An upgrade runs the steps
 from the database's version to the code's one, in order, each in its own
 ``BEGIN IMMEDIATE`` transaction that re-reads the version under the write
 lock, runs the step's statements, records the step (rpo.db:
@@ -53,8 +53,8 @@ class Plan:
 
 
 def _databases(cfg):
-    from .audit_log import AUDIT_SCHEMA_VERSION, AUDIT_STEPS
-    from .schema import SCHEMA_VERSION, STEPS
+    from rpo_guard.audit.log import AUDIT_SCHEMA_VERSION, AUDIT_STEPS
+    from rpo_guard.register.schema import SCHEMA_VERSION, STEPS
     return (("rpo.db", cfg.register_db, SCHEMA_VERSION, STEPS),
             ("audit.db", cfg.audit_db, AUDIT_SCHEMA_VERSION, AUDIT_STEPS))
 
@@ -101,7 +101,7 @@ def inspect(name: str, path: str, current: int, steps: dict, wait_s: float = 5) 
 
 def upgrade(plan: Plan, steps: dict, wait_s: float = 60) -> Plan:
     """Run the plan's steps, one transaction each; returns the plan with ``applied`` filled."""
-    from .schema import record
+    from rpo_guard.register.schema import record
 
     if plan.problem or not plan.steps:
         return plan
@@ -146,11 +146,11 @@ def expected_objects(name: str) -> set[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, name)
         if name == "rpo.db":
-            from .schema import open_db
+            from rpo_guard.register.schema import open_db
             db = open_db(path)
             conn = db.conn
         else:
-            from .audit_log import AuditLog
+            from rpo_guard.audit.log import AuditLog
             log = AuditLog(path)
             conn = log.conn
         try:

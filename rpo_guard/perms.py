@@ -10,7 +10,7 @@ Rules (``[store] file_mode`` and ``[store] group``):
   rpo.db creates ``rpo.db-wal``/``-shm`` itself, with rpo.db's mode, when no
   other connection holds them; the sync account must then be able to write
   them or every import fails ("attempt to write a readonly database").
-  ``tests/test_perms.py`` shows both with two real accounts.
+  ``tests/register/test_perms.py`` shows both with two real accounts.
 * The data folder the tool creates is 0750 without a group (one account runs
   both the AGI and the tool) and 2770 with one: group-writable so the AGI can
   create audit.db and the WAL files, setgid so whatever is created inside

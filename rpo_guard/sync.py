@@ -1,5 +1,10 @@
 """Imports into the register database: consultation results, consent log, DNC.
 
+It reads best whole: every import shares one transaction discipline (the
+batch record, the staging tables, the all-or-nothing commit), and split
+across files the reader would lose the thread from file to commit. The file
+readers are in :mod:`rpo_guard.register.sources`.
+
 Every import is all or nothing and streams: rows are read and checked one by one,
 written in chunks inside ONE write transaction of the WAL database (memory does not
 grow with the file). The first bad row raises :class:`ImportFailed` naming
@@ -19,19 +24,16 @@ Consultation results come in three shapes:
   every other sent number is registered.
 
 How a sender's files are read (encoding, delimiter, header, column names,
-status words) is a :class:`Source`, from ``[source NAME]`` config sections.
+status words) is a :class:`rpo_guard.register.sources.Source`, from ``[source NAME]`` config sections;
+the readers are in :mod:`rpo_guard.register.sources`.
 Number cells are read as text (no type detection), so the leading 0 of
 ``0612345678`` survives; they are normalized with
-:func:`rpo_guard.fastnum.bulk_normalizer`, which gives the answers of
-:func:`rpo_guard.numbers.normalize`.
+:func:`rpo_guard.rules.fastnum.bulk_normalizer`, which gives the answers of
+:func:`rpo_guard.rules.numbers.normalize`.
 """
 from __future__ import annotations
 
-import codecs
-import csv
 import getpass
-import hashlib
-import io
 import itertools
 import json
 import os
@@ -41,21 +43,24 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 from zoneinfo import ZoneInfo
 
-from .decision import CONSENT_KINDS, KIND_OPTOUT
-from .numbers import InvalidNumber, normalize
+from rpo_guard.register.sources import (
+    SHAPES,
+    ImportFailed,
+    Table,
+    manifest_path,
+    numbered_records,
+    parse_when,
+    read_manifest,
+    scan,
+    source_for,
+)
+from rpo_guard.rules.decision import CONSENT_KINDS, KIND_OPTOUT
+from rpo_guard.rules.numbers import InvalidNumber
 
-SHAPES = ("status", "registered", "cleared")
-KINDS = ("consultation", "consents", "dnc")
-MANIFEST_SUFFIX = ".manifest.json"
-MANIFEST_KEYS = {"kind", "date", "brand", "shape", "sent", "source"}
 IMPORT_CACHE_KIB = 64 * 1024          # page cache of the importing connection
-
-
-class ImportFailed(Exception):
-    """A file that cannot be imported; the message names file, line and field."""
 
 
 @dataclass(frozen=True)
@@ -68,300 +73,20 @@ class ImportResult:
     skipped_rows: tuple[str, ...] = ()
 
 
-# --------------------------------------------------------------------------- sources
-
-@dataclass(frozen=True)
-class Source:
-    """How one sender's files are read. Defaults: config.SOURCE_SETTINGS."""
-    name: str = "default"
-    encoding: str = "auto"
-    delimiter: str = "auto"
-    header: str = "auto"
-    number_column: tuple[str, ...] = ()
-    status_column: tuple[str, ...] = ()
-    registration_date_column: tuple[str, ...] = ()
-    registered_words: tuple[str, ...] = ()
-    not_registered_words: tuple[str, ...] = ()
-
-    def words(self) -> dict[str, int]:
-        out = {w: 0 for w in self.not_registered_words}
-        for w in self.registered_words:
-            if w in out:
-                raise ImportFailed(f"source {self.name!r}: status word {w!r} is both registered and not registered")
-            out[w] = 1
-        return out
-
-
-def source_for(cfg, name: str | None = None, **overrides) -> Source:
-    from .config import SOURCE_SETTINGS
-
-    name = name or "default"
-    sources = getattr(cfg, "sources", {}) or {}
-    if name != "default" and name not in sources:
-        raise ImportFailed(f"unknown source {name!r} (configured: {', '.join(sorted(sources)) or 'none'})")
-    values = {k: parse(default) for k, (parse, default, _doc) in SOURCE_SETTINGS.items()}
-    values.update(sources.get("default", {}))
-    if name != "default":
-        values.update(sources[name])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return Source(name=name, **values)
-
-
-# --------------------------------------------------------------------------- reading files
-
-def sha256_of(path: Path) -> str:
-    return scan(Path(path)).digest
-
-
-class Scan(NamedTuple):
-    digest: str
-    encoding: str   # detected: utf-8-sig or latin-1
-    size: int
-    quoted: bool    # holds a '"': read with the csv module, else split lines (same cells, faster)
-
-
-def scan(path: Path) -> Scan:
-    """One pass over the bytes: sha256, detected encoding, size, quotes.
-
-    The encoding is ``utf-8-sig`` when the whole file is UTF-8 (with or
-    without BOM), else ``latin-1`` (every byte sequence is Latin-1).
-    """
-    h = hashlib.sha256()
-    dec = codecs.getincrementaldecoder("utf-8")()
-    utf8, size, quoted = True, 0, False
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-                size += len(chunk)
-                quoted = quoted or b'"' in chunk
-                if utf8:
-                    try:
-                        dec.decode(chunk)
-                    except UnicodeDecodeError:
-                        utf8 = False
-            if utf8:
-                try:
-                    dec.decode(b"", final=True)
-                except UnicodeDecodeError:
-                    utf8 = False
-    except FileNotFoundError:
-        raise ImportFailed(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ImportFailed(f"{path}: is a folder, not a file") from None
-    except OSError as exc:
-        raise ImportFailed(f"{path}: cannot read: {exc}") from None
-    return Scan(h.hexdigest(), "utf-8-sig" if utf8 else "latin-1", size, quoted)
-
-
-def _codec(name: str) -> str:
-    return "utf-8-sig" if codecs.lookup(name).name == "utf-8" else name  # a BOM is never data
-
-
-class Table:
-    """A delimited text file read as a stream of (line, cells)."""
-
-    def __init__(self, path: Path, src: Source, encoding: str, columns: dict[str, tuple[str, ...]],
-                 required: tuple[str, ...], header: str | None = None, quoted: bool = True):
-        self.path = path
-        self.plain = not quoted
-        self.binary = open(path, "rb")
-        self.text = io.TextIOWrapper(self.binary, encoding=_codec(encoding), newline="")
-        first = ""
-        self.skipped_blank = 0
-        try:
-            while not first.strip():
-                first = self.text.readline()
-                if not first:
-                    break
-                if not first.strip():
-                    self.skipped_blank += 1
-        except UnicodeDecodeError as exc:
-            self.close()
-            raise ImportFailed(f"{path}:1: not {encoding} text ({exc.reason} at byte {exc.start})") from None
-        if not first.strip():
-            self.close()
-            raise ImportFailed(f"{path}: the file is empty")
-        delim = src.delimiter
-        if delim == "auto":
-            counts = {d: first.count(d) for d in (",", ";", "\t", "|")}
-            delim = max(counts, key=counts.get) if any(counts.values()) else ","
-        self.delimiter = delim
-        self.reader = csv.reader(itertools.chain([first], self.text), delimiter=delim)
-        try:
-            head = first.rstrip("\r\n").split(delim) if self.plain else next(self.reader)
-        except csv.Error as exc:
-            self.close()
-            raise ImportFailed(f"{path}:{1 + self.skipped_blank}: {exc}") from None
-        self.line_offset = self.skipped_blank
-        names = [h.strip().lower() for h in head]
-        header = header or src.header
-        if header == "auto":
-            ncell = None
-            for cand in columns.get("number", ()):
-                if cand.isdigit() and int(cand) - 1 < len(names):
-                    ncell = head[int(cand) - 1]
-                    break
-            has_header = any(n in names for alts in columns.values() for n in alts) or (
-                ncell is not None and not _looks_like_number(ncell)) or (
-                ncell is None and not _looks_like_number(head[0] if head else ""))
-        else:
-            has_header = header == "yes"
-        self.has_header = has_header
-        self.index: dict[str, int | None] = {}
-        for col, alts in columns.items():
-            idx = None
-            for cand in alts:
-                if cand.isdigit():
-                    idx = int(cand) - 1
-                    break
-                if has_header and cand in names:
-                    idx = names.index(cand)
-                    break
-            if idx is None and not has_header:
-                # no header and no position configured: number first, status second
-                idx = {"number": 0, "status": 1}.get(col)
-            if idx is None and col in required:
-                self.close()
-                found = ", ".join(head) if has_header else "no header"
-                raise ImportFailed(f"{path}:{1 + self.line_offset}: missing column {col!r} "
-                                   f"(looked for {', '.join(alts)}; found: {found})")
-            self.index[col] = idx
-        self.pending_first = None if has_header else head
-
-    def rows(self):
-        """(line, cells), blank lines skipped, decode and CSV errors reported by line."""
-        r = self.reader
-        off = self.line_offset
-        if self.pending_first is not None:
-            yield 1 + off, self.pending_first
-        if self.plain:  # no quote in the whole file: a line is its cells
-            d, n = self.delimiter, 1 + off
-            try:
-                for n, text in enumerate(self.text, 2 + off):
-                    text = text.rstrip("\r\n")
-                    if text:
-                        yield n, text.split(d)
-            except UnicodeDecodeError as exc:
-                raise ImportFailed(f"{self.path}:{n + 1}: not {self.text.encoding} text ({exc.reason})") from None
-            return
-        try:
-            for row in r:
-                if row:
-                    yield r.line_num + off, row
-        except UnicodeDecodeError as exc:
-            raise ImportFailed(f"{self.path}:{r.line_num + off + 1}: not {self.text.encoding} text "
-                               f"({exc.reason})") from None
-        except csv.Error as exc:
-            raise ImportFailed(f"{self.path}:{r.line_num + off}: {exc}") from None
-
-    def tell(self) -> int:
-        try:
-            return self.binary.tell()
-        except (OSError, ValueError):
-            return 0
-
-    def close(self):
-        self.text.close() if not self.text.closed else None
-        self.binary.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _looks_like_number(cell: str) -> bool:
-    from .numbers import clean
-    return clean(cell.strip()) is not None
-
-
-def _cell(row, i):
-    if i is None or i >= len(row):
-        return ""
-    return row[i].strip()
-
-
-# --------------------------------------------------------------------------- manifest
-
-def manifest_path(path: Path) -> Path:
-    return Path(str(path) + MANIFEST_SUFFIX)
-
-
-def read_manifest(path: Path) -> dict | None:
-    """The manifest beside ``path`` (``<file>.manifest.json``), or None when there is none."""
-    m = manifest_path(path)
-    try:
-        text = m.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ImportFailed(f"{m}: cannot read the manifest: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ImportFailed(f"{m}:{exc.lineno}: not JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise ImportFailed(f"{m}: a manifest is one JSON object")
-    unknown = set(data) - MANIFEST_KEYS
-    if unknown:
-        raise ImportFailed(f"{m}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(MANIFEST_KEYS))})")
-    for k, v in data.items():
-        if not isinstance(v, str):
-            raise ImportFailed(f"{m}: field {k!r} must be a string")
-    if "date" in data:
-        try:
-            data["date"] = date.fromisoformat(data["date"])
-        except ValueError:
-            raise ImportFailed(f"{m}: field 'date': {data['date']!r} is not a date YYYY-MM-DD") from None
-    if data.get("kind", "consultation") not in KINDS:
-        raise ImportFailed(f"{m}: field 'kind': {data['kind']!r} is not one of {', '.join(KINDS)}")
-    if data.get("shape", "status") not in SHAPES:
-        raise ImportFailed(f"{m}: field 'shape': {data['shape']!r} is not one of {', '.join(SHAPES)}")
-    if "sent" in data:
-        data["sent"] = (m.parent / data["sent"]).resolve()
-    data["_path"] = m
-    return data
-
-
 # --------------------------------------------------------------------------- helpers
 
 def _now(tz: str) -> datetime:
     return datetime.now(ZoneInfo(tz))
 
 
-def _day_in_zone(text: str, tz: str) -> date:
-    """A calendar date in the rules' zone from an ISO date or date-time."""
-    if len(text) == 10:
-        return date.fromisoformat(text)
-    dt = datetime.fromisoformat(text)
-    if dt.tzinfo is not None:
-        dt = dt.astimezone(ZoneInfo(tz))
-    return dt.date()
-
-
-def _parse_when(path, line, fld, text, tz) -> tuple[str, date]:
-    try:
-        return text, _day_in_zone(text, tz)
-    except (ValueError, TypeError):
-        raise ImportFailed(f"{path}:{line}: field '{fld}': {text!r} is not an ISO 8601 date or date-time") from None
-
-
 def _normalizer(cfg) -> Callable[[str], str]:
-    from .fastnum import bulk_normalizer
+    from rpo_guard.rules.fastnum import bulk_normalizer
     return bulk_normalizer(cfg.strip_prefixes, cfg.default_region)
-
-
-def status_word(word: str, src: Source | None = None) -> bool | None:
-    words = (src or source_for(None)).words()
-    w = " ".join(word.strip().lower().split())
-    return None if w not in words else bool(words[w])
 
 
 def _writer(cfg):
     """The importing connection: schema applied, big page cache, patient lock wait."""
-    from .schema import open_db
+    from rpo_guard.register.schema import open_db
 
     db = open_db(cfg.register_db, cfg.file_mode, cfg.group)
     conn = db.conn
@@ -759,51 +484,6 @@ def _fill_partial(conn, batch_id, shape, path, src, enc, quoted, sent_info, norm
 
 # --------------------------------------------------------------------------- consents and DNC
 
-def _records(path: Path, enc: str, src: Source, columns: dict, required: tuple[str, ...]):
-    """(line, {field: text}) from CSV (with a header) or JSON Lines (.jsonl/.ndjson or a first '{')."""
-    with open(path, "rb") as fh:
-        head = fh.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
-    if path.suffix.lower() in (".jsonl", ".ndjson") or head.startswith(b"{"):
-        with open(path, encoding=_codec(enc), newline="") as fh:
-            n = 0
-            for line, text in enumerate(fh, 1):
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ImportFailed(f"{path}:{line}: not a JSON object: {exc.msg}") from None
-                if not isinstance(obj, dict):
-                    raise ImportFailed(f"{path}:{line}: not a JSON object")
-                rec = {}
-                for k in columns:
-                    v = obj.get(k)
-                    rec[k] = "" if v is None else str(v).strip()
-                missing = [k for k in required if k not in obj]
-                if missing:
-                    raise ImportFailed(f"{path}:{line}: field {missing[0]!r}: missing")
-                n += 1
-                yield line, rec
-        return
-    with Table(path, src, enc, {k: (k,) for k in columns}, required, header="yes") as t:
-        for line, row in t.rows():
-            if not any(c.strip() for c in row):
-                continue
-            yield line, {k: _cell(row, t.index[k]) for k in columns}
-
-
-
-def _numbered_records(path: Path, enc: str, src: Source, columns: tuple[str, ...], required: tuple[str, ...],
-                      norm: Callable[[str], str]):
-    """(line, E.164 number, {field: text}) of a consent-log or do-not-contact file
-    (:func:`_records`); a number that is not one stops the import at its line."""
-    for line, r in _records(path, enc, src, {c: () for c in columns}, required):
-        try:
-            number = norm(r["number"])
-        except InvalidNumber as exc:
-            raise ImportFailed(f"{path}:{line}: field 'number': {exc}") from None
-        yield line, number, r
-
 _CONSENT_SQL = (
     "INSERT INTO consents (number, brand, kind, given_at, given_on, ends_at, ends_on, channel, evidence,"
     " source_file, source_line, batch_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -855,7 +535,7 @@ def import_consents(cfg, path: Path, who: str | None = None, db=None, *, source:
         seen = [0]
 
         def params(batch_id):
-            for line, number, r in _numbered_records(path, enc, src, columns, ("number", "brand", "kind", "given_at"),
+            for line, number, r in numbered_records(path, enc, src, columns, ("number", "brand", "kind", "given_at"),
                                                      norm):
                 kind = r["kind"].lower()
                 if kind not in CONSENT_KINDS:
@@ -865,12 +545,12 @@ def import_consents(cfg, path: Path, who: str | None = None, db=None, *, source:
                 if not brand and kind != KIND_OPTOUT:
                     raise ImportFailed(f"{path}:{line}: field 'brand': a {kind} is given to a brand; "
                                        "only an optout may leave it empty (every brand)")
-                given_at, given_on = _parse_when(path, line, "given_at", r["given_at"], cfg.timezone)
+                given_at, given_on = parse_when(path, line, "given_at", r["given_at"], cfg.timezone)
                 if given_on > today:
                     raise ImportFailed(f"{path}:{line}: field 'given_at': {given_at} is in the future")
                 ends_at, ends_on = r["ends_at"], None
                 if ends_at:
-                    ends_on = _parse_when(path, line, "ends_at", ends_at, cfg.timezone)[1]
+                    ends_on = parse_when(path, line, "ends_at", ends_at, cfg.timezone)[1]
                     if ends_on < given_on:
                         raise ImportFailed(f"{path}:{line}: field 'ends_at': {ends_at} is before given_at {given_at}")
                 seen[0] += 1
@@ -907,7 +587,7 @@ def import_dnc(cfg, path: Path, who: str | None = None, *, source: str | None = 
     def make_fill(path, src, enc, size, who, stats):
         def fill(conn, batch_id):
             added = removed = n = 0
-            for line, number, r in _numbered_records(path, enc, src, ("number", "brand", "reason", "action"),
+            for line, number, r in numbered_records(path, enc, src, ("number", "brand", "reason", "action"),
                                                      ("number",), norm):
                 n += 1
                 action = (r["action"] or "add").lower()
@@ -1000,124 +680,3 @@ def quarantine(path: Path, reason: str, folder: Path) -> Path:
         f"{reason}\n\nfile: {path}\nquarantined: {datetime.now().astimezone().isoformat(timespec='seconds')}\n",
         encoding="utf-8")
     return target
-
-
-# --------------------------------------------------------------------------- DNC, one number
-
-def dnc_add(cfg, number: str, brand: str = "", reason: str = "", who: str | None = None, db=None) -> str:
-    from . import brand_lists
-
-    e164 = normalize(number, cfg.strip_prefixes, cfg.default_region)
-    scope = f"brand {brand}" if brand else "every brand"
-    if not brand_lists.add(cfg, "dnc", e164, brand, reason, who, db):
-        return f"{e164} is already on the do-not-contact list for {scope}"
-    return f"{e164} added to the do-not-contact list for {scope}"
-
-
-def dnc_remove(cfg, number: str, brand: str = "", who: str | None = None, db=None) -> str:
-    from . import brand_lists
-
-    e164 = normalize(number, cfg.strip_prefixes, cfg.default_region)
-    scope = f"brand {brand}" if brand else "every brand"
-    if not brand_lists.remove(cfg, "dnc", e164, brand, who, db):
-        raise LookupError(f"{e164} is not on the do-not-contact list for {scope}")
-    return f"{e164} removed from the do-not-contact list for {scope} (kept in its history)"
-
-
-def dnc_list(cfg, number: str | None = None, brand: str | None = None, db=None) -> list[dict]:
-    from .schema import open_db
-
-    db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
-    sql, params = "SELECT number, brand, reason, added_by, added_at FROM dnc WHERE removed_at IS NULL", []
-    if number:
-        sql += " AND number = ?"
-        params.append(normalize(number, cfg.strip_prefixes, cfg.default_region))
-    if brand is not None:
-        sql += " AND brand = ?"
-        params.append(brand)
-    cols = ("number", "brand", "reason", "added_by", "added_at")
-    return [dict(zip(cols, r)) for r in db.conn.execute(sql + " ORDER BY number, brand", params)]
-
-
-# --------------------------------------------------------------------------- freshness
-
-def status_report(cfg, today: date | None = None) -> dict:
-    """Freshness per brand, for `rpo-guard status` and monitoring.
-
-    ``exit``: 0 fine; 1 an import failed after the last successful one;
-    2 some brand (or the shared account) has no valid consultation at all,
-    the register's schema is not this rpo_guard's (every call is blocked
-    until `rpo-guard migrate`), or the data folder or a database is
-    world-writable (anyone on the machine could rewrite the register or
-    the audit log). ``permissions`` lists every permission problem
-    (rpo_guard.perms.check); only world-writable ones change ``exit``.
-    """
-    from . import perms
-    from .schema import SCHEMA_VERSION
-    from urllib.parse import quote
-
-    today = today or _now(cfg.timezone).date()
-    path = cfg.register_db
-    if not Path(path).is_file():
-        raise ImportFailed(f"{path}: register database not found (run `rpo-guard init`)")
-    conn = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True, timeout=5)
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        schema_problem = "" if version == SCHEMA_VERSION else (
-            f"schema version {version}, this rpo_guard needs {SCHEMA_VERSION}: every call is blocked"
-            + (" (run `rpo-guard migrate`)" if version < SCHEMA_VERSION else " (upgrade rpo_guard)"))
-        warnings = perms.check(cfg.data_dir, [cfg.register_db, cfg.audit_db], cfg.file_mode, cfg.group)
-        t, soon = today.isoformat(), (today + timedelta(days=3)).isoformat()
-        batches = conn.execute(
-            "SELECT id, brand, consulted_on, valid_until FROM batches WHERE kind = 'consultation' AND status = 'ok'"
-            " AND consulted_on <= ? AND valid_until >= ?", (t, t)).fetchall()
-        brands = {r[0] for r in conn.execute(
-            "SELECT brand FROM batches WHERE kind = 'consultation' AND status = 'ok'"
-            " UNION SELECT brand FROM consents UNION SELECT brand FROM dnc WHERE removed_at IS NULL")}
-        brands.discard("")
-        last_ok = conn.execute("SELECT id, kind, source_file, imported_at, rows FROM batches WHERE status = 'ok'"
-                               " ORDER BY id DESC LIMIT 1").fetchone()
-        failed = conn.execute("SELECT id, kind, source_file, imported_at, error FROM batches WHERE status = 'failed'"
-                              " AND id > ? ORDER BY id", (last_ok[0] if last_ok else 0,)).fetchall()
-        per_brand = []
-        counted: dict = {}  # valid batch ids -> (consulted, registered, expiring): brands without
-        for brand in [""] + sorted(brands):  # consultations of their own share the scan of the shared ones
-            valid = [r for r in batches if r[1] in ("", brand)] if brand else [r for r in batches if r[1] == ""]
-            ids = tuple(r[0] for r in valid)
-            consulted = registered = expiring = 0
-            if ids in counted:
-                consulted, registered, expiring = counted[ids]
-            elif ids:
-                marks = ",".join("?" * len(ids))
-                row = conn.execute(
-                    "SELECT COUNT(*), TOTAL(registered), TOTAL(substr(k, 1, 10) < ?) FROM ("
-                    " SELECT c.number, MAX(b.valid_until || printf('%012d', b.id)) AS k, c.registered AS registered"
-                    " FROM consultations c JOIN batches b ON b.id = c.batch_id"
-                    f" WHERE c.batch_id IN ({marks}) GROUP BY c.number)", [soon, *ids]).fetchone()
-                consulted, registered, expiring = counted[ids] = row[0], int(row[1]), int(row[2])
-            consents = conn.execute("SELECT COUNT(*) FROM consents WHERE brand = ?", (brand,)).fetchone()[0]
-            dnc = conn.execute("SELECT COUNT(*) FROM dnc WHERE removed_at IS NULL AND brand = ?", (brand,)).fetchone()[0]
-            per_brand.append({
-                "brand": brand, "numbers_consulted": consulted, "registered": registered,
-                "valid_consultations": len(valid),
-                "newest_valid": max((r[2] for r in valid), default=None),
-                "oldest_valid": min((r[2] for r in valid), default=None),
-                "expiring_within_3_days": expiring,
-                "consents": consents, "dnc_active": dnc,
-            })
-        last_import = None
-        if last_ok:
-            last_import = dict(zip(("batch", "kind", "file", "at", "rows"), last_ok))
-        # a brand of its own with nothing valid, or nothing valid at all: every call would be blocked
-        nothing_valid = [b["brand"] or "(shared)" for b in per_brand if b["valid_consultations"] == 0
-                         and (b["brand"] or not brands)]
-        critical = nothing_valid or schema_problem or perms.world_writable(warnings)
-        code = 2 if critical else (1 if failed else 0)
-        return {
-            "today": t, "database": str(path), "brands": per_brand, "last_import": last_import,
-            "failed_since_last_success": [dict(zip(("batch", "kind", "file", "at", "error"), f)) for f in failed],
-            "nothing_valid": nothing_valid, "schema_version": version, "schema_problem": schema_problem,
-            "permissions": warnings, "exit": code,
-        }
-    finally:
-        conn.close()

@@ -5,7 +5,7 @@ import sqlite3
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from rpo_guard.audit_log import COLUMNS, AuditLog, row_hash
+from rpo_guard.audit.log import COLUMNS, AuditLog, row_hash
 
 ROME = ZoneInfo("Europe/Rome")
 REASONS = [("ALLOW", "not_registered"), ("ALLOW", "consent"), ("BLOCK", "rpo_registered"),

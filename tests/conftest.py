@@ -82,8 +82,8 @@ class Env:
         return {config_mod.ENV_VAR: str(self.conf)}
 
     def init(self):
-        from rpo_guard.audit_log import AuditLog
-        from rpo_guard.schema import open_db
+        from rpo_guard.audit.log import AuditLog
+        from rpo_guard.register.schema import open_db
         open_db(self.cfg.register_db).close()
         AuditLog(self.cfg.audit_db).close()
         return self

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from rpo_guard import config as config_mod
-from rpo_guard.cli import cli
+from rpo_guard.cli.main import cli
 from rpo_guard.harness import Channel, run_process_agi
 
 from conftest import ROME, agi_path, days, today_rome
@@ -107,7 +107,7 @@ import sys
 from datetime import datetime
 from rpo_guard import config
 from rpo_guard.guard import check_call
-from rpo_guard.store import Store
+from rpo_guard.register.store import Store
 cfg = config.load({str(env.conf)!r})
 o = check_call(cfg, Store(cfg.register_db), {CLIENT!r}, "Energia Uno", datetime.fromisoformat({epiphany!r}),
                caller_id={ROME_LINE!r}, callingpres="0")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import Env, agi_path, today_rome
 from rpo_guard import config as config_mod
 from rpo_guard.harness import Channel, encode_env, run_process_agi
-from rpo_guard.numbers import InvalidNumber, candidate_e164, normalize
+from rpo_guard.rules.numbers import InvalidNumber, candidate_e164, normalize
 
 SAFE_LINE = re.compile(r'SET VARIABLE "RPO_(RESULT|REASON|AUDIT_ID)" "[A-Za-z0-9_]{1,64}"')
 dialish = st.text(alphabet="0123456789+ -.()#*39\"'\n\r\t\x00abcé", max_size=30)

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 
 from conftest import agi_path, days, today_rome
-from rpo_guard.decision import CallFacts, ConsentEvent, Consultation, DncEntry, decide
+from rpo_guard.rules.decision import CallFacts, ConsentEvent, Consultation, DncEntry, decide
 from rpo_guard.harness import Channel, run_process_agi
-from rpo_guard.numbers import InvalidNumber, normalize
+from rpo_guard.rules.numbers import InvalidNumber, normalize
 
 pytestmark = pytest.mark.load
 CALLS = int(os.environ.get("RPO_GUARD_LOAD_CALLS", "10000"))
@@ -57,7 +57,7 @@ class Dataset:
             brand = BRANDS[i % 2]
             consent_rows.append((num, brand, kind, days(10 + i % 20), ""))
         env.consents(consent_rows, name="load-consents.csv")
-        from rpo_guard.sync import dnc_add
+        from rpo_guard.register.lists import dnc_add
         self.dnc = {}
         for num in self.numbers[600:700]:
             dnc_add(env.cfg, num, BRANDS[0], "load test", who="load")
@@ -158,7 +158,7 @@ def check_results(env, data, calls, sessions, via):
 
 def verify_chain(env):
     from click.testing import CliRunner
-    from rpo_guard.cli import cli
+    from rpo_guard.cli.main import cli
     r = CliRunner().invoke(cli, ["--config", str(env.conf), "audit", "verify"])
     assert r.exit_code == 0, r.output
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import agi_path, days, today_rome
-from rpo_guard.audit_log import AUDIT_SCHEMA_VERSION, GENESIS, NO_DELETE_TRIGGER, AuditLog, row_hash, values_of
+from rpo_guard.audit.log import AUDIT_SCHEMA_VERSION, GENESIS, NO_DELETE_TRIGGER, AuditLog, row_hash, values_of
 from rpo_guard.harness import Channel, run_process_agi
 from rpo_guard.migrate import schema_objects
-from rpo_guard.schema import SCHEMA_VERSION
+from rpo_guard.register.schema import SCHEMA_VERSION
 
 DATA = Path(__file__).resolve().parent / "data"
 BRAND = "Energia Uno"
@@ -195,7 +195,7 @@ def test_migrate_v1_keeps_every_row_and_decides_as_before(v1):
 
     # the migrated schema is exactly a fresh one: same objects, same SQL
     fresh = v1.root / "fresh"
-    from rpo_guard.schema import open_db
+    from rpo_guard.register.schema import open_db
     open_db(fresh / "rpo.db").close()
     assert objects(v1.cfg.register_db) == objects(fresh / "rpo.db")
     AuditLog(fresh / "audit.db").close()
@@ -306,7 +306,7 @@ def test_a_foreign_database_is_refused(env):
 def test_migrate_stays_off_sqlite_utils_for_the_steps():
     """The steps are plain SQL on the stdlib driver (sqlite-utils only builds the fresh
     comparison schema); the per-call reader never imports either migrate or sqlite-utils."""
-    code = ("import sys, rpo_guard.store, rpo_guard.agi; "
+    code = ("import sys, rpo_guard.register.store, rpo_guard.agi; "
             "print('sqlite_utils' in sys.modules, 'rpo_guard.migrate' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

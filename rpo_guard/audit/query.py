@@ -1,0 +1,250 @@
+"""Reading the audit log: filters, listing, streaming export, summary, explanations.
+
+Everything here reads through the ``attempts_explained`` view (documented in
+the README), so what the CLI prints, what an export holds and what an
+auditor sees in Datasette are the same columns.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+# The export columns, in order. Stable: new columns may be appended, none renamed.
+EXPORT_COLUMNS = ("id", "at", "at_utc", "day", "uniqueid", "channel", "callerid", "accountcode", "brand",
+                  "dialed", "e164", "decision", "reason", "basis_kind", "batch_id", "consulted_on",
+                  "consent_id", "consent_given_at", "evidence", "dnc_id", "detail", "latency_ms", "via",
+                  "basis", "prev_hash", "hash")
+
+
+@dataclass(frozen=True)
+class Filters:
+    since: str | None = None      # ISO 8601 with offset, inclusive
+    until: str | None = None      # ISO 8601 with offset, exclusive
+    e164: str | None = None
+    brand: str | None = None
+    decision: str | None = None
+    reasons: tuple[str, ...] = ()
+    callerid: str | None = None
+    uniqueid: str | None = None
+
+    def where(self) -> tuple[str, list]:
+        clauses, params = [], []
+        if self.since:
+            clauses.append("julianday(at) >= julianday(?)")
+            params.append(self.since)
+        if self.until:
+            clauses.append("julianday(at) < julianday(?)")
+            params.append(self.until)
+        for col, value in (("e164", self.e164), ("brand", self.brand), ("decision", self.decision),
+                           ("callerid", self.callerid), ("uniqueid", self.uniqueid)):
+            if value is not None:
+                clauses.append(f"{col} = ?")
+                params.append(value)
+        if self.reasons:
+            clauses.append(f"reason IN ({', '.join('?' * len(self.reasons))})")
+            params.extend(self.reasons)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def moment(text: str, tz: str, end: bool = False) -> str:
+    """An ISO date or date-time as an ISO date-time with offset.
+
+    A bare date means the start of that day in the rules' timezone, or with
+    ``end`` the start of the next day (so ``--until 2026-11-03`` includes
+    the 3rd). A date-time without offset is read in the rules' timezone.
+    """
+    zone = ZoneInfo(tz)
+    text = text.strip()
+    if len(text) == 10:
+        d = date.fromisoformat(text)
+        if end:
+            d += timedelta(days=1)
+        return datetime.combine(d, time(0), zone).isoformat()
+    at = datetime.fromisoformat(text)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=zone)
+    return at.isoformat()
+
+
+def select(conn, filters: Filters, limit: int | None = None, newest_first: bool = False):
+    where, params = filters.where()
+    sql = f"SELECT {', '.join(EXPORT_COLUMNS)} FROM attempts_explained{where} ORDER BY id"
+    if newest_first:
+        sql += " DESC"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    return conn.execute(sql, params)
+
+
+def _rows(cur, size: int = 5000):
+    while True:
+        batch = cur.fetchmany(size)
+        if not batch:
+            return
+        yield from batch
+
+
+def export(conn, filters: Filters, fmt: str, out) -> int:
+    """Stream the matching rows to ``out`` (text file) as csv or jsonl; returns the row count.
+
+    Constant memory: rows are fetched and written a few thousand at a time.
+    CSV: a header line, NULL as an empty cell. JSONL: one object per line,
+    NULL as null, ``basis`` as the JSON text the hash covers.
+    """
+    cur = select(conn, filters)
+    n = 0
+    if fmt == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(EXPORT_COLUMNS)
+        for batch in iter(lambda: cur.fetchmany(5000), []):
+            w.writerows(batch)
+            n += len(batch)
+    elif fmt == "jsonl":
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        cols = EXPORT_COLUMNS
+        for batch in iter(lambda: cur.fetchmany(5000), []):
+            out.write("".join(dumps(dict(zip(cols, r))) + "\n" for r in batch))
+            n += len(batch)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+    return n
+
+
+def summary(conn, filters: Filters) -> list[dict]:
+    """Counts per day, brand, decision and reason."""
+    where, params = filters.where()
+    cur = conn.execute(
+        f"SELECT substr(at, 1, 10) AS day, brand, decision, reason, count(*) FROM attempts{where}"
+        " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", params)
+    return [{"day": r[0], "brand": r[1], "decision": r[2], "reason": r[3], "attempts": r[4]} for r in cur]
+
+
+# -- explanations --------------------------------------------------------------
+
+RULES = {
+    "invalid_number": "rule 1: the dialed string is not a valid phone number, so nothing about it can be "
+                      "checked; the call is refused (fail closed).",
+    "internal_dnc": "rule 2: the number is on the internal do-not-contact list (for every brand or for this "
+                    "one); the call is refused.",
+    "optout": "rule 3: the person asked this brand (or every brand) to stop calling and gave no consent to "
+              "this brand afterwards; the call is refused.",
+    "contract": "rule 4: this brand has a contract with the person, in force or ended at most "
+                "[rules] contract_grace_days ago; the call is allowed whatever the register says.",
+    "not_consulted": "rule 5: no consultation of the Registro Pubblico delle Opposizioni covers this number "
+                     "(for this brand or shared); the call is refused (fail closed).",
+    "consultation_expired": "rule 6: the newest consultation covering the number is older than its validity "
+                            "(15 days for calls, DPR 26/2022 art. 8(2)); the call is refused.",
+    "rpo_registered": "rule 7: the number is registered in the RPO and this brand holds no consent given "
+                      "after the registration; the call is refused.",
+    "consent": "rule 7: the number is registered in the RPO, but this brand holds a consent given after the "
+               "registration and not revoked; the call is allowed.",
+    "consent_revoked": "rule 7: the consent this brand held was revoked later; the call is refused.",
+    "not_registered": "rule 8: the newest consultation, still valid, says the number is not registered in the "
+                      "RPO; the call is allowed.",
+    "error": "fail closed: the facts could not be gathered or the attempt could not be checked (see the "
+             "detail); the call is refused.",
+}
+
+
+def _register(path: Path | None):
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        conn.execute("SELECT 1 FROM batches LIMIT 1")
+        return conn
+    except sqlite3.Error:
+        return None
+
+
+def get_row(conn, row_id: int) -> dict | None:
+    old = conn.row_factory
+    conn.row_factory = sqlite3.Row
+    try:
+        r = conn.execute(f"SELECT {', '.join(EXPORT_COLUMNS)} FROM attempts_explained WHERE id = ?",
+                         (row_id,)).fetchone()
+    finally:
+        conn.row_factory = old
+    return dict(r) if r else None
+
+
+def explain(conn, row_id: int, register_db: Path | None = None) -> list[str] | None:
+    """One attempt in words: what, when, which rule, on which records. None if no such row."""
+    from .log import COLUMNS, GENESIS, row_hash
+
+    r = get_row(conn, row_id)
+    if r is None:
+        return None
+    basis = json.loads(r["basis"] or "{}")
+    verb = "ALLOWED" if r["decision"] == "ALLOW" else "REFUSED"
+    number = r["e164"] or f"{r['dialed']!r} (not a valid number)"
+    lines = [
+        f"Attempt {r['id']}: {verb} ({r['decision']} {r['reason']})",
+        f"  when:     {r['at']}  (UTC {r['at_utc']})",
+        f"  call:     dialed {r['dialed']!r} -> {number}; brand {r['brand']!r}; caller ID {r['callerid']!r}",
+        f"  asterisk: uniqueid {r['uniqueid']}, channel {r['channel']}, accountcode {r['accountcode'] or '-'}, "
+        f"via {r['via']}, decided in {r['latency_ms']} ms",
+        f"  rule:     {RULES.get(r['reason'], 'unknown reason code ' + repr(r['reason']))}",
+    ]
+    if r["detail"]:
+        lines.append(f"  detail:   {r['detail']}")
+    reg = _register(register_db)
+    kind = basis.get("kind")
+    if kind == "consultation":
+        lines.append(f"  consultation: batch {basis.get('batch_id')}, register consulted on "
+                     f"{basis.get('consulted_on')} ({'for brand ' + repr(basis['brand']) if basis.get('brand') else 'shared by every brand'})"
+                     + (f"; registered by {basis['registered_by']} at the latest" if basis.get("registered_by") else ""))
+        b = reg.execute("SELECT * FROM batches WHERE id = ?", (basis.get("batch_id"),)).fetchone() if reg else None
+        if b is not None:
+            lines.append(f"                file {b['source_file']} (sha256 {b['sha256']}), {b['rows']} numbers, "
+                         f"valid until {b['valid_until']}, imported by {b['imported_by']} at {b['imported_at']}")
+        elif reg is not None:
+            lines.append("                (batch no longer in the register database)")
+    elif kind in ("consent", "contract", "optout", "revocation"):
+        lines.append(f"  {kind}: record {basis.get('consent_id')}, given {basis.get('given_at')}, "
+                     f"evidence {basis.get('evidence') or '(none recorded)'}")
+        c = reg.execute("SELECT * FROM consents WHERE id = ?", (basis.get("consent_id"),)).fetchone() if reg else None
+        if c is not None:
+            lines.append(f"                for brand {c['brand'] or '(every brand)'!r}, channel {c['channel'] or '-'}, "
+                         f"given at {c['given_at']}" + (f", ends {c['ends_at']}" if c["ends_at"] else "")
+                         + f"; from {c['source_file']} line {c['source_line']}")
+        elif reg is not None:
+            lines.append("                (record no longer in the register database)")
+    elif kind == "dnc":
+        lines.append(f"  do-not-contact: entry {basis.get('dnc_id')} "
+                     f"({'brand ' + repr(basis['brand']) if basis.get('brand') else 'every brand'})")
+        d = reg.execute("SELECT * FROM dnc WHERE id = ?", (basis.get("dnc_id"),)).fetchone() if reg else None
+        if d is not None:
+            lines.append(f"                added by {d['added_by']} at {d['added_at']}: {d['reason'] or '(no reason)'}"
+                         + (f"; removed by {d['removed_by']} at {d['removed_at']}" if d["removed_at"] else ""))
+    elif basis:
+        lines.append("  basis:    " + ", ".join(f"{k}={v}" for k, v in sorted(basis.items())))
+    else:
+        lines.append("  basis:    no record decided it (see the rule)")
+    if reg is None:
+        lines.append("  register: rpo.db not available; the details above come from the audit row alone")
+    else:
+        reg.close()
+    values = [r[c] for c in COLUMNS]
+    own = row_hash(r["prev_hash"], r["id"], values) == r["hash"]
+    prev = conn.execute("SELECT hash FROM attempts WHERE id = ?", (row_id - 1,)).fetchone()
+    cp = conn.execute("SELECT id FROM checkpoints WHERE last_id = ? AND last_hash = ?",
+                      (row_id - 1, r["prev_hash"])).fetchone()
+    if r["prev_hash"] == GENESIS and row_id == 1:
+        link = "first row of the chain"
+    elif prev is not None:
+        link = f"links to row {row_id - 1}" if prev[0] == r["prev_hash"] else f"DOES NOT link to row {row_id - 1}"
+    elif cp is not None:
+        link = f"links to checkpoint {cp[0]}: the rows before it were pruned"
+    else:
+        link = f"row {row_id - 1} is missing"
+    lines.append(f"  chain:    hash {r['hash']} ({'matches the content' if own else 'DOES NOT match the content'}; "
+                 f"{link}); `rpo-guard audit verify` checks the whole log")
+    return lines

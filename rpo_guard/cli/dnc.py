@@ -1,0 +1,67 @@
+"""``rpo-guard dnc``: the internal do-not-contact list (add, remove, list, import)."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .context import pass_ctx
+from .sync import dnc_import
+
+
+@click.group()
+def dnc():
+    """The internal do-not-contact list (global or per brand)."""
+
+
+def _number_error(exc):
+    return click.ClickException(str(exc))
+
+
+@dnc.command("add")
+@click.argument("number")
+@click.option("--brand", default="", help="only for this brand (default: every brand)")
+@click.option("--reason", default="", help="why (kept for the auditors)")
+@pass_ctx
+def dnc_add(ctx, number, brand, reason):
+    from rpo_guard.register.lists import dnc_add as do
+    from rpo_guard.rules.numbers import InvalidNumber
+    try:
+        click.echo(do(ctx.cfg, number, brand, reason))
+    except InvalidNumber as exc:
+        raise _number_error(exc) from None
+
+
+@dnc.command("remove")
+@click.argument("number")
+@click.option("--brand", default="", help="the brand of the entry (default: the global entry)")
+@pass_ctx
+def dnc_remove(ctx, number, brand):
+    from rpo_guard.register.lists import dnc_remove as do
+    from rpo_guard.rules.numbers import InvalidNumber
+    try:
+        click.echo(do(ctx.cfg, number, brand))
+    except (InvalidNumber, LookupError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+
+
+@dnc.command("list")
+@click.argument("number", required=False)
+@click.option("--brand", default=None, help="only entries of this brand ('' for global ones)")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def dnc_list(ctx, number, brand, as_json):
+    from rpo_guard.register.lists import dnc_list as do
+    from rpo_guard.rules.numbers import InvalidNumber
+    try:
+        rows = do(ctx.cfg, number, brand)
+    except InvalidNumber as exc:
+        raise _number_error(exc) from None
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['number']}\t{r['brand'] or '*'}\t{r['added_at']}\t{r['added_by']}\t{r['reason']}")
+
+
+dnc.add_command(dnc_import)

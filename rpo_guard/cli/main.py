@@ -1,0 +1,183 @@
+"""``rpo-guard``: the command line for sysadmins and auditors (click)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from rpo_guard import config as config_mod
+
+from .context import Ctx, default_agi_path, parse_at, pass_ctx
+
+
+@click.group()
+@click.option("--config", "config_path", metavar="PATH", default=None,
+              help=f"INI file (default: ${config_mod.ENV_VAR}, else {config_mod.DEFAULT_PATH})")
+@click.version_option(package_name="rpo_guard")
+@click.pass_context
+def cli(ctx, config_path):
+    """rpo_guard: refuse outbound calls the RPO, consents or the do-not-contact list bar."""
+    ctx.obj = Ctx(config_path)
+
+
+@cli.command()
+@pass_ctx
+def init(ctx):
+    """Create the data folder and both databases (safe to run again).
+
+    The folder is created 0750, or 2770 (setgid) with a [store] group; the
+    databases with [store] file_mode (and the group). Existing files are left
+    as they are; their permission problems are printed (as by `status`).
+    """
+    from rpo_guard import perms
+    from rpo_guard.audit.log import AuditLog
+    from rpo_guard.register.schema import SchemaError, open_db
+
+    cfg = ctx.cfg
+    try:
+        perms.make_data_dir(cfg.data_dir, cfg.group)
+        open_db(cfg.register_db, cfg.file_mode, cfg.group).close()
+        AuditLog(cfg.audit_db, file_mode=cfg.file_mode, group=cfg.group).close()
+    except (perms.PermissionProblem, SchemaError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"register: {cfg.register_db}\naudit:    {cfg.audit_db}")
+    for w in perms.check(cfg.data_dir, [cfg.register_db, cfg.audit_db], cfg.file_mode, cfg.group):
+        click.echo(f"warning: {w}", err=True)
+
+
+@cli.command()
+@click.argument("number")
+@click.option("--brand", default="", help="the brand (data controller) the call is made for")
+@click.option("--at", "at_text", metavar="ISO8601", help="decide as of this moment (what-if); default now")
+@click.option("--caller-id", "caller_id", default=None, metavar="NUMBER",
+              help="the caller ID the call would present (without it the caller-ID rule is not checked)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@pass_ctx
+def check(ctx, number, brand, at_text, caller_id, as_json):
+    """Decide one number as the AGI would, without recording an attempt.
+
+    Exit status: 0 ALLOW, 1 BLOCK, 2 usage or configuration error.
+    """
+
+    from rpo_guard.guard import check_call
+    from rpo_guard.register.store import Store
+
+    cfg = ctx.cfg
+    at = parse_at(at_text, cfg.timezone)
+    policy = cfg.policy if caller_id is not None else cfg.policy._replace(caller_id_check=False)
+    store = None
+    try:
+        store = Store(cfg.register_db, cfg.busy_timeout_ms)
+    except Exception as exc:
+        store_error = exc
+    outcome = check_call(cfg, store, number, brand, at, caller_id=caller_id, policy=policy)
+    v = outcome.verdict
+    if store is None and v.reason == "error":
+        v = type(v)(v.decision, v.reason, v.basis, f"{type(store_error).__name__}: {store_error}")
+    if as_json:
+        click.echo(json.dumps({
+            "decision": v.decision, "reason": v.reason, "number": outcome.e164, "dialed": number,
+            "brand": brand, "at": outcome.at.isoformat(timespec="seconds"), "detail": v.detail,
+            "basis": v.basis, "caller_id": caller_id,
+            "caller_id_checked": caller_id is not None and cfg.caller_id_check}, sort_keys=True))
+    else:
+        click.echo(f"{v.decision} {v.reason}  {outcome.e164 or number!r}" + (f"  brand={brand}" if brand else ""))
+        if v.detail:
+            click.echo(f"  why: {v.detail}")
+        if v.basis:
+            click.echo("  on:  " + ", ".join(f"{k}={val}" for k, val in v.basis.items()))
+        if caller_id is None and cfg.caller_id_check:
+            click.echo("  note: caller ID not checked (give --caller-id to check it as the AGI does)")
+    sys.exit(0 if v.allowed else 1)
+
+
+@cli.command("simulate-call")
+@click.argument("number")
+@click.option("--brand", default="", help="second argument of the AGI")
+@click.option("--caller-id", default="unknown", help="CALLERID(num) of the channel")
+@click.option("--agi", "agi_path", default=None, metavar="PATH", help="the AGI script (default: rpo-guard-agi)")
+@click.option("--hangup-after", type=float, default=None, metavar="SECONDS", help="the caller hangs up this soon")
+@click.option("--fastagi", "fastagi", default=None, metavar="HOST:PORT",
+              help="call a running `rpo-guard serve` (FastAGI) instead of the process AGI")
+@click.option("--quiet", is_flag=True, help="print only the result line")
+@pass_ctx
+def simulate_call(ctx, number, brand, caller_id, agi_path, hangup_after, fastagi, quiet):
+    """Run the AGI exactly as Asterisk 22 would and show the session."""
+    from rpo_guard.harness import Channel, run_fastagi, run_process_agi
+
+    channel = Channel(extension=number, callerid=caller_id)
+    if fastagi:
+        try:
+            host, port = config_mod._listen(fastagi)
+        except ValueError as exc:
+            raise click.BadParameter(f"{fastagi!r}: {exc}", param_hint="--fastagi") from None
+        session = run_fastagi(host, port, "rpo_guard", [number, brand], channel, hangup_after=hangup_after)
+    else:
+        env = {}
+        if ctx.config_path:
+            env[config_mod.ENV_VAR] = os.path.abspath(ctx.config_path)
+        session = run_process_agi(agi_path or default_agi_path(), [number, brand], channel, env=env,
+                                  hangup_after=hangup_after)
+    if not quiet:
+        for line in session.transcript:
+            click.echo(line)
+    click.echo(f"RPO_RESULT={session.result or '(unset)'} RPO_REASON={session.reason or '(unset)'} "
+               f"AGISTATUS={session.agistatus} -> {'DIAL' if session.dialplan_allows else 'HANGUP(21)'}")
+    sys.exit(0 if session.dialplan_allows else 1)
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where to build the demo databases (default: a temporary folder)")
+def demo(data_dir):
+    """A small campaign of simulated calls on the embedded sample data."""
+    from .demo import run_demo
+    run_demo(data_dir)
+
+
+from .conduct import caller_id as _caller_id  # noqa: E402
+from .conduct import holidays_cmd as _holidays
+from .conduct import silent_call as _silent_call
+
+cli.add_command(_caller_id)
+cli.add_command(_silent_call)
+cli.add_command(_holidays)
+
+from .sync import import_consents, import_consultation, status, watch  # noqa: E402
+
+cli.add_command(import_consultation)
+cli.add_command(import_consents)
+cli.add_command(status)
+cli.add_command(watch)
+
+from .dnc import dnc  # noqa: E402
+
+cli.add_command(dnc)
+
+from .fastagi import serve  # noqa: E402
+
+cli.add_command(serve)
+
+from .audit import audit as _audit  # noqa: E402
+
+cli.add_command(_audit)
+
+from .migrate import migrate as _migrate  # noqa: E402
+
+cli.add_command(_migrate)
+
+
+def main() -> None:
+    from rpo_guard.register.schema import SchemaError
+    try:
+        cli(prog_name="rpo-guard")
+    except SchemaError as exc:  # a tool that writes rpo.db met an older or newer schema
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

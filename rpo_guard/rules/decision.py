@@ -1,0 +1,393 @@
+"""The dial-time decision: a pure function of the facts about one call.
+
+No I/O happens here: no SQLite, no Asterisk, no clock. The adapters (the
+store, the AGI, the FastAGI server, the CLI) gather the facts and hand them to
+:func:`decide`; what it returns is the whole answer, including the record
+(consultation batch, consent) that decided, so that the audit row can name it.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+from datetime import date, time, timedelta
+
+ALLOW = "ALLOW"
+BLOCK = "BLOCK"
+
+# Reason codes. New codes may be added; none may be renamed (dialplans and
+# auditors' queries depend on them).
+NOT_REGISTERED = "not_registered"
+CONSENT = "consent"
+CONTRACT = "contract"
+INVALID_NUMBER = "invalid_number"
+INTERNAL_DNC = "internal_dnc"
+OPTOUT = "optout"
+CONSENT_REVOKED = "consent_revoked"
+NOT_CONSULTED = "not_consulted"
+CONSULTATION_EXPIRED = "consultation_expired"
+RPO_REGISTERED = "rpo_registered"
+ERROR = "error"
+# Conduct-code rules (Codice di condotta 2024, AGCOM caller-ID rules, Garante 2014).
+OUTSIDE_CALLING_HOURS = "outside_calling_hours"
+CALLER_ID_NOT_ALLOWED = "caller_id_not_allowed"
+SILENT_CALL_COOLDOWN = "silent_call_cooldown"
+CALLBACK_REQUEST = "callback_request"
+
+ALLOW_REASONS = frozenset({NOT_REGISTERED, CONSENT, CONTRACT, CALLBACK_REQUEST})
+BLOCK_REASONS = frozenset({INVALID_NUMBER, INTERNAL_DNC, OPTOUT, CONSENT_REVOKED,
+                           NOT_CONSULTED, CONSULTATION_EXPIRED, RPO_REGISTERED, ERROR,
+                           OUTSIDE_CALLING_HOURS, CALLER_ID_NOT_ALLOWED, SILENT_CALL_COOLDOWN})
+REASONS = ALLOW_REASONS | BLOCK_REASONS
+
+# Consent-log kinds.
+KIND_CONSENT = "consent"
+KIND_REVOCATION = "revocation"
+KIND_CONTRACT = "contract"
+KIND_OPTOUT = "optout"
+KIND_CALLBACK = "callback_request"  # the person asked this brand to call back (Code art. 10(3))
+CONSENT_KINDS = frozenset({KIND_CONSENT, KIND_REVOCATION, KIND_CONTRACT, KIND_OPTOUT, KIND_CALLBACK})
+
+# Caller-ID kinds, as the caller-ID adapter (rpo_guard.rules.callerid) classifies them.
+CID_HIDDEN = "hidden"          # empty, 'unknown', 'anonymous', or presentation restricted
+CID_INVALID = "invalid"        # not a phone number at all
+CID_FOREIGN = "foreign"        # a valid number outside +39 Italy
+CID_FIXED = "fixed"            # Italian geographic number (0...)
+CID_MOBILE = "mobile"          # Italian mobile number (3...)
+CID_0843 = "0843"              # AGCOM 156/18/CIR: statistical research
+CID_0844 = "0844"              # AGCOM 156/18/CIR: market research, advertising, sales
+CID_OTHER = "other"            # Italian, but toll-free, premium, shared-cost, VoIP, ...
+CID_UNCLASSIFIED = "unclassified"  # not classified: a declared list decides alone
+CALLBACKABLE_KINDS = frozenset({CID_FIXED, CID_MOBILE, CID_0843, CID_0844})
+
+
+class Consultation(namedtuple("Consultation", "batch_id consulted_on registered brand registration_date",
+                              defaults=("", None))):
+    """One consultation result for the number (one row of one batch).
+
+    ``consulted_on`` a date; ``registered`` a bool; ``brand`` "" when the
+    register was consulted for every brand (shared); ``registration_date``
+    only when the result provides it.
+    """
+    __slots__ = ()
+
+
+class ConsentEvent(namedtuple("ConsentEvent", "id kind given_at brand ends_at evidence",
+                              defaults=("", None, ""))):
+    """One consent-log record for the number and the call's brand.
+
+    ``kind``: consent | revocation | contract | optout. ``given_at`` a date
+    (a contract's start). ``brand`` "" only for an optout that covers every
+    brand. ``ends_at``: contract end or consent expiry; None = open.
+    """
+    __slots__ = ()
+
+
+class DncEntry(namedtuple("DncEntry", "id brand reason", defaults=("", ""))):
+    """One internal do-not-contact entry; ``brand`` "" = every brand."""
+    __slots__ = ()
+
+
+class SilentCall(namedtuple("SilentCall", "id on")):
+    """A silent (abandoned) call made to the number, any brand; ``on`` its
+    date in Europe/Rome."""
+    __slots__ = ()
+
+
+class CallTime(namedtuple("CallTime", "local holiday next_holiday", defaults=("", ""))):
+    """When the call happens, with the calendar facts about that moment.
+
+    ``local`` the wall-clock datetime of the call in Europe/Rome (DST
+    applied); ``holiday`` the national or configured local holiday on that
+    date and ``next_holiday`` the one on the next day ("" = none). Gathered
+    by :mod:`rpo_guard.rules.calendar_it`; the decision reads no clock and no
+    holiday table itself.
+    """
+    __slots__ = ()
+
+
+class CallerId(namedtuple("CallerId", "raw e164 kind")):
+    """The caller ID the called person will see, as the caller-ID adapter
+    read it: ``raw`` as given (CALLERID(num) or the AGI argument), ``e164``
+    None when hidden or not a number, ``kind`` one of the CID_* kinds."""
+    __slots__ = ()
+
+
+class Policy(namedtuple("Policy", "validity_days contract_grace_days calling_hours weekday_window "
+                                  "reduced_window caller_id_check silent_call_days callback_days",
+                        defaults=(15, 30, True, (time(9), time(20)), (time(10), time(19)), True, 7, 7))):
+    """The rules' settings.
+
+    ``validity_days``: a consultation is valid this many days, its own day
+    included. ``contract_grace_days``: a contract still allows calls this
+    long after it ended. ``calling_hours``: enforce the Code's calling hours;
+    ``weekday_window`` Mon-Fri and ``reduced_window`` Saturdays and days
+    before a holiday (start included, end excluded). ``caller_id_check``:
+    enforce the caller-ID rule. ``silent_call_days``: days after the day of a
+    silent call the number is refused. ``callback_days``: a callback request
+    allows calls this many days, its own day included.
+    """
+    __slots__ = ()
+
+
+class CallFacts(namedtuple("CallFacts", "today e164 brand consultations consents dnc silent_calls when "
+                                        "caller_id declared_caller_ids",
+                           defaults=("", (), (), (), (), None, None, ()))):
+    """Everything the decision needs, gathered by an adapter.
+
+    ``today`` the call's date in Europe/Rome; ``e164`` None when the dialed
+    string is not a valid number; ``consultations`` for the brand or shared;
+    ``consents`` for the brand, or optouts for every brand; ``dnc`` global or
+    for the brand; ``silent_calls`` made to the number, any brand; ``when`` a
+    CallTime; ``caller_id`` a CallerId; ``declared_caller_ids`` the E.164
+    numbers declared for the brand (or all brands). Tuples, in any order.
+    ``when`` and ``caller_id`` are None when the adapter did not gather
+    them; a rule that needs a missing fact blocks (fail closed).
+    """
+    __slots__ = ()
+
+
+class Verdict(namedtuple("Verdict", "decision reason basis detail", defaults=("",))):
+    """ALLOW or BLOCK, one reason code, and what decided (``basis``: the
+    consultation batch, consent or DNC entry, as a dict for the audit row)."""
+    __slots__ = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == ALLOW
+
+
+def _block(reason: str, detail: str = "", **basis) -> Verdict:
+    return Verdict(BLOCK, reason, basis, detail)
+
+
+def _allow(reason: str, detail: str = "", **basis) -> Verdict:
+    return Verdict(ALLOW, reason, basis, detail)
+
+
+def error_verdict(detail: str) -> Verdict:
+    """The answer whenever the facts could not be gathered."""
+    return _block(ERROR, detail)
+
+
+def _consultation_basis(c: Consultation) -> dict:
+    return {"kind": "consultation", "batch_id": c.batch_id,
+            "consulted_on": c.consulted_on.isoformat(), "brand": c.brand}
+
+
+def _consent_basis(e: ConsentEvent) -> dict:
+    return {"kind": e.kind, "consent_id": e.id, "given_at": e.given_at.isoformat(),
+            "evidence": e.evidence}
+
+
+def _latest_stop(events, kinds, brand):
+    """The newest event of the given kinds that applies to the brand."""
+    stops = [e for e in events if e.kind in kinds and (e.brand == brand or e.brand == "")]
+    return max(stops, key=lambda e: e.given_at, default=None)
+
+
+def registration_date(history: list[Consultation]) -> date:
+    """When the number was registered, as far as the operator can know.
+
+    ``history`` is newest first and its head says "registered". The register
+    does not tell operators when a number was registered: a registration date
+    given by a result wins; otherwise the first consultation of the current
+    unbroken run of "registered" results is the upper bound we can prove.
+    """
+    for c in history:
+        if c.registered and c.registration_date is not None:
+            return c.registration_date
+        if not c.registered:
+            break
+    first = history[0].consulted_on
+    for c in history:
+        if not c.registered:
+            break
+        first = c.consulted_on
+    return first
+
+
+def _callback_end(e: ConsentEvent, policy: Policy) -> date:
+    end = e.given_at + timedelta(days=policy.callback_days - 1)
+    return min(end, e.ends_at) if e.ends_at is not None else end
+
+
+def _live_callbacks(own: list[ConsentEvent], today: date, policy: Policy) -> list[ConsentEvent]:
+    """The brand's callback requests still in their window and not revoked since."""
+    out = []
+    for e in own:
+        if e.kind != KIND_CALLBACK or not (e.given_at <= today <= _callback_end(e, policy)):
+            continue
+        if any(r.kind == KIND_REVOCATION and r.given_at >= e.given_at for r in own):
+            continue
+        out.append(e)
+    return out
+
+
+def _cooldown(facts: CallFacts, policy: Policy) -> Verdict | None:
+    """A silent call on day D bars the number on D .. D + silent_call_days."""
+    span = timedelta(days=policy.silent_call_days)
+    recent = [s for s in facts.silent_calls if s.on <= facts.today <= s.on + span]
+    if not recent:
+        return None
+    s = max(recent, key=lambda s: (s.on, s.id))
+    until = s.on + span
+    return _block(SILENT_CALL_COOLDOWN, f"silent call on {s.on}: no calls to this number until {until} included",
+                  kind="silent_call", silent_call_id=s.id, on=s.on.isoformat(), until=until.isoformat())
+
+
+def _caller_id_problem(facts: CallFacts) -> Verdict | None:
+    cid = facts.caller_id
+    if cid is None:
+        return _block(CALLER_ID_NOT_ALLOWED, "the caller ID of the call is not known", kind="caller_id")
+    basis = {"kind": "caller_id", "caller_id": cid.e164 or cid.raw, "caller_id_kind": cid.kind,
+             "declared": len(facts.declared_caller_ids)}
+    if cid.kind == CID_HIDDEN or (cid.e164 is None and not cid.raw):
+        return _block(CALLER_ID_NOT_ALLOWED, "hidden caller ID: calls must show a number that can be called back",
+                      **basis)
+    if facts.declared_caller_ids:
+        if cid.e164 is not None and cid.e164 in facts.declared_caller_ids:
+            return None
+        scope = f"brand {facts.brand}" if facts.brand else "this call"
+        return _block(CALLER_ID_NOT_ALLOWED, f"caller ID {cid.e164 or cid.raw!r} is not one of the "
+                      f"{len(facts.declared_caller_ids)} number(s) declared for {scope}", **basis)
+    if cid.kind in CALLBACKABLE_KINDS and cid.e164 is not None:
+        return None
+    why = {CID_FOREIGN: "a foreign number", CID_INVALID: "not a phone number",
+           CID_OTHER: "not a geographic, mobile, 0843 or 0844 number"}.get(cid.kind, f"of kind {cid.kind!r}")
+    return _block(CALLER_ID_NOT_ALLOWED, f"caller ID {cid.e164 or cid.raw!r} is {why}, and no caller IDs "
+                  "are declared for this brand", **basis)
+
+
+def calling_hours_problem(when: CallTime | None, policy: Policy = Policy()) -> Verdict | None:
+    """The BLOCK of the calling-hours rule for a call at ``when``, or None when it may go."""
+    if when is None:
+        return _block(OUTSIDE_CALLING_HOURS, "the time of the call is not known", kind="calling_hours")
+    local = when.local
+    weekday = local.weekday()
+    if not when.holiday and weekday != 6:
+        if weekday == 5:
+            (start, end), what = policy.reduced_window, "Saturday"
+        elif when.next_holiday:
+            (start, end), what = policy.reduced_window, f"the day before a holiday ({when.next_holiday})"
+        else:
+            (start, end), what = policy.weekday_window, "weekday"
+        now = local.time().replace(tzinfo=None)
+        if start <= now < end:
+            return None
+    # Refused: the words and the basis are only built for a refusal.
+    basis = {"kind": "calling_hours", "local_time": local.isoformat(timespec="seconds")}
+    day = f"{local:%A} {local.date()}"
+    if when.holiday:
+        return _block(OUTSIDE_CALLING_HOURS, f"{day} is a holiday ({when.holiday}): no calls",
+                      holiday=when.holiday, **basis)
+    if weekday == 6:
+        return _block(OUTSIDE_CALLING_HOURS, f"{day} is a Sunday: no calls", **basis)
+    window = f"{start:%H:%M}-{end:%H:%M}"
+    return _block(OUTSIDE_CALLING_HOURS, f"{day} {now:%H:%M}: outside the {what} calling hours {window}",
+                  window=window, **basis)
+
+
+def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
+    """Decide one call. The rules, in order (README, "The rules"):
+
+    1. the dialed string is not a valid number           -> BLOCK invalid_number
+    2. on the internal do-not-contact list (global/brand) -> BLOCK internal_dnc
+    3. an opt-out for the brand not followed by a consent
+       (or by a callback request still in its window)     -> BLOCK optout
+    4. a silent call to the number on day D, and today is
+       D .. D + ``silent_call_days``                      -> BLOCK silent_call_cooldown
+    5. the presented caller ID is hidden, not declared for
+       the brand, or (no list for the brand) not an Italian
+       geographic, mobile, 0843 or 0844 number           -> BLOCK caller_id_not_allowed
+    6. outside the calling hours (Sunday, holiday, before/
+       after the weekday or reduced window)              -> BLOCK outside_calling_hours
+    7. a contract with the brand in force or ended at most
+       ``contract_grace_days`` ago                        -> ALLOW contract
+    8. a callback request to the brand, not revoked, given
+       at most ``callback_days`` ago (its day included)   -> ALLOW callback_request
+    9. no consultation for the number (brand or shared)   -> BLOCK not_consulted
+    10. the newest consultation is older than the window  -> BLOCK consultation_expired
+    11. registered: a consent for the brand given on a day after the
+        registration and not revoked later                -> ALLOW consent
+        a consent that was revoked later                  -> BLOCK consent_revoked
+        otherwise                                         -> BLOCK rpo_registered
+    12. not registered                                    -> ALLOW not_registered
+
+    Rules 4-6 bar calls that the register alone would allow, so they come
+    before every ALLOW; rules 5 and 6 have switches in the policy.
+    """
+    if facts.e164 is None:
+        return _block(INVALID_NUMBER, "the dialed string is not a valid number")
+    if facts.when is not None and facts.when.local.date() != facts.today:
+        return error_verdict(f"inconsistent facts: call date {facts.today}, local time {facts.when.local}")
+
+    brand = facts.brand
+    dnc = [d for d in facts.dnc if d.brand == "" or d.brand == brand]
+    if dnc:
+        # A global entry is the stronger statement: name it first.
+        d = min(dnc, key=lambda d: (d.brand != "", d.id))
+        return _block(INTERNAL_DNC, d.reason, kind="dnc", dnc_id=d.id, brand=d.brand)
+
+    events = [e for e in facts.consents if e.given_at <= facts.today]
+    own = [e for e in events if e.brand == brand and brand != ""]
+    callbacks = _live_callbacks(own, facts.today, policy)
+
+    optout = _latest_stop(events, {KIND_OPTOUT}, brand)
+    if optout is not None:
+        later = [e for e in own if e.kind == KIND_CONSENT and e.given_at > optout.given_at]
+        later += [e for e in callbacks if e.given_at > optout.given_at]
+        if not later:
+            return _block(OPTOUT, "the person asked this brand to stop calling",
+                          **_consent_basis(optout))
+
+    if (verdict := _cooldown(facts, policy)) is not None:
+        return verdict
+    if policy.caller_id_check and (verdict := _caller_id_problem(facts)) is not None:
+        return verdict
+    if policy.calling_hours and (verdict := calling_hours_problem(facts.when, policy)) is not None:
+        return verdict
+
+    if brand:
+        grace = timedelta(days=policy.contract_grace_days)
+        contracts = [e for e in own if e.kind == KIND_CONTRACT
+                     and (e.ends_at is None or facts.today <= e.ends_at + grace)]
+        if contracts:
+            c = max(contracts, key=lambda e: (e.ends_at is None, e.ends_at or e.given_at))
+            return _allow(CONTRACT, "contract in force" if c.ends_at is None or c.ends_at >= facts.today
+                          else "contract ended within the grace period", **_consent_basis(c))
+
+    if callbacks:
+        cb = max(callbacks, key=lambda e: e.given_at)
+        return _allow(CALLBACK_REQUEST, f"the person asked {brand} to call back on {cb.given_at} "
+                      f"(valid until {_callback_end(cb, policy)})", **_consent_basis(cb))
+
+    if not facts.consultations:
+        return _block(NOT_CONSULTED, "no consultation of the register covers this number")
+
+    # Newest first; on the same day a "registered" result wins (fail closed).
+    history = sorted(facts.consultations, key=lambda c: (c.consulted_on, c.registered), reverse=True)
+    newest = history[0]
+    valid_until = newest.consulted_on + timedelta(days=policy.validity_days - 1)
+    if facts.today > valid_until or newest.consulted_on > facts.today:
+        return _block(CONSULTATION_EXPIRED,
+                      f"newest consultation {newest.consulted_on} was valid until {valid_until}",
+                      **_consultation_basis(newest))
+
+    if not newest.registered:
+        return _allow(NOT_REGISTERED, f"not registered at the consultation of {newest.consulted_on}",
+                      **_consultation_basis(newest))
+
+    registered_on = registration_date(history)
+    consents = [e for e in own if e.kind == KIND_CONSENT and e.given_at > registered_on
+                and (e.ends_at is None or facts.today <= e.ends_at)]
+    if consents:
+        consent = max(consents, key=lambda e: e.given_at)
+        revocation = _latest_stop(own, {KIND_REVOCATION}, brand)
+        if revocation is not None and revocation.given_at >= consent.given_at:
+            return _block(CONSENT_REVOKED, f"consent of {consent.given_at} revoked on {revocation.given_at}",
+                          **_consent_basis(revocation))
+        return _allow(CONSENT, f"consent given {consent.given_at}, after the registration "
+                      f"(known by {registered_on})", **_consent_basis(consent))
+    basis = _consultation_basis(newest)
+    basis["registered_by"] = registered_on.isoformat()
+    return _block(RPO_REGISTERED, f"registered in the RPO (known by {registered_on}); "
+                  "no consent for this brand given after that day", **basis)
