@@ -13,7 +13,7 @@ import pytest
 from rpo_guard import config as config_mod
 
 ROME = ZoneInfo("Europe/Rome")
-TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "asterisk-transcripts"
+TRANSCRIPTS = Path(__file__).resolve().parent / "fixtures" / "asterisk-transcripts"  # recorded sessions (README there)
 
 
 _test_day: date | None = None  # today when the running test started (see _one_day_per_test)
