@@ -139,3 +139,44 @@ settings.register_profile("ci", max_examples=40, deadline=None,
 settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# ---------------------------------------------------------------- a real Asterisk (tests/astsandbox)
+# Tests marked `asterisk` run calls through a real Asterisk started for the session. Without
+# one they are skipped with the reason; with RPO_REQUIRE_ASTERISK=1 (CI) that skip is a failure.
+REQUIRE_ASTERISK = os.environ.get("RPO_REQUIRE_ASTERISK") == "1"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "asterisk: runs calls through a real Asterisk (tests/astsandbox); skipped "
+                                       "without one, a failure then when RPO_REQUIRE_ASTERISK=1")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_ASTERISK and report.skipped and item.get_closest_marker("asterisk") is not None:
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.longrepr = f"skipped, but RPO_REQUIRE_ASTERISK=1: {reason}"
+
+
+@pytest.fixture(scope="session")
+def asterisk_sandbox():
+    """One sandboxed Asterisk for the whole session (astsandbox.Sandbox)."""
+    import tempfile
+
+    from astsandbox import Sandbox, find_asterisk
+    binary, how = find_asterisk()
+    if binary is None:
+        pytest.skip(how)
+    # a short folder: the control socket's path must fit in 108 bytes
+    root = Path(tempfile.mkdtemp(prefix="rpo-ast-", dir="/tmp"))
+    sandbox = Sandbox(binary, root)
+    sandbox.start()
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,121 @@
+"""The allow/block table through a real Asterisk, both front ends, every reason code.
+
+Each call goes through the shipped subroutine (process AGI: the test venv's rpo-guard-agi;
+FastAGI: an `rpo-guard serve` on 127.0.0.1), dials the trunk stand-in only on ALLOW, and
+leaves an audit row whose id the channel carries.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from asterisk_calls import assert_refused, audit_row, place, standard_dialplan
+from conftest import Env, agi_path, days, today_rome
+from fastagi_support import Server
+from test_decision_table import TABLE, build_table
+
+pytestmark = pytest.mark.asterisk
+
+FRONTS = ("agi", "fastagi")
+ROME_LINE = "0612340000"
+FREE, REGISTERED = "0612345678", "3331234567"
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """The decision table's data (tests/test_decision_table.py) and a FastAGI server on it."""
+    env = build_table(tmp_path_factory.mktemp("table"))
+    server = Server(env.conf)
+    yield env, server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def conduct(tmp_path_factory):
+    """Data for the conduct rules: caller-ID rule on, calling hours off; a second configuration
+    on the same data declares today and tomorrow local holidays (outside calling hours)."""
+    env = Env(tmp_path_factory.mktemp("conduct"))
+    env.write_config(conduct="calling_hours = off\n")
+    env.init()
+    env.consult([(REGISTERED, "iscritto"), (FREE, "non iscritto")], days_ago=0)
+    env.consents([(REGISTERED, "Energia Uno", "callback_request", days(0), "")], name="cb.csv")
+    from click.testing import CliRunner
+
+    from rpo_guard.cli import cli
+    r = CliRunner().invoke(cli, ["--config", str(env.conf), "silent-call", "3470001112", "--at", f"{days(2)}T11:00"])
+    assert r.exit_code == 0, r.output
+    env.consult([("3470001112", "non iscritto")], days_ago=0, name="silent.csv")
+    holidays = env.root / "holidays.conf"
+    today = today_rome()
+    holidays.write_text(env.conf.read_text().replace(  # calling hours on (the default), no call today
+        "calling_hours = off\n", f"local_holidays = {today}, {today + timedelta(days=1)}\n"))
+    server = Server(env.conf)
+    holiday_server = Server(holidays)
+    yield env, holidays, server, holiday_server
+    server.stop()
+    holiday_server.stop()
+
+
+def fastagi_url(server) -> str:
+    return f"agi://127.0.0.1:{server.port}/rpo_guard"
+
+
+def run_all(sandbox, env, calls, config):
+    """Place every call at once, then wait for each; [(call, outcome, expected)]."""
+    placed = [(place(sandbox, front, dialed, brand, config, callerid=cid), front, dialed, brand, expect)
+              for front, dialed, brand, cid, expect in calls]
+    return [(call, sandbox.wait_for(call, timeout=60), front, dialed, brand, expect)
+            for call, front, dialed, brand, expect in placed]
+
+
+def check_outcome(sandbox, env, call, outcome, front, dialed, decision, reason):
+    assert (outcome["AGISTATUS"], outcome["RPO_RESULT"], outcome["RPO_REASON"]) == ("SUCCESS", decision, reason), \
+        (front, dialed, outcome)
+    row = audit_row(env, outcome["RPO_AUDIT_ID"])
+    assert row is not None and (row["decision"], row["reason"], row["via"]) == (decision, reason, front)
+    assert row["dialed"] == dialed and row["uniqueid"]
+    if decision == "ALLOW":
+        digits = "".join(c for c in dialed if c.isdigit() or c == "+")
+        assert sandbox.sink_hits(call) == [digits]
+        assert outcome["DIALSTATUS"] == "ANSWER"
+    else:
+        assert_refused(sandbox, call, outcome)
+        assert outcome["HANGUPCAUSE"] == "21"  # call rejected
+
+
+def test_decision_table_through_asterisk(asterisk_sandbox, table):
+    env, server = table
+    asterisk_sandbox.load_dialplan(standard_dialplan(agi=agi_path(), fastagi=fastagi_url(server)))
+    calls = [(front, dialed, brand, ROME_LINE, (decision, reason))
+             for front in FRONTS for dialed, brand, decision, reason in TABLE]
+    for call, outcome, front, dialed, brand, (decision, reason) in run_all(asterisk_sandbox, env, calls, env.conf):
+        check_outcome(asterisk_sandbox, env, call, outcome, front, dialed, decision, reason)
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_conduct_reasons_through_asterisk(asterisk_sandbox, conduct, front):
+    env, holidays, server, holiday_server = conduct
+    cases = [
+        (FREE, "Energia Uno", ROME_LINE, env.conf, ("ALLOW", "not_registered")),
+        (FREE, "Energia Uno", "", env.conf, ("BLOCK", "caller_id_not_allowed")),        # no caller ID
+        (FREE, "Energia Uno", "+447911123456", env.conf, ("BLOCK", "caller_id_not_allowed")),  # foreign
+        (REGISTERED, "Energia Uno", ROME_LINE, env.conf, ("ALLOW", "callback_request")),
+        (REGISTERED, "Telco Due", ROME_LINE, env.conf, ("BLOCK", "rpo_registered")),
+        ("3470001112", "Energia Uno", ROME_LINE, env.conf, ("BLOCK", "silent_call_cooldown")),
+        (FREE, "Energia Uno", ROME_LINE, holidays, ("BLOCK", "outside_calling_hours")),
+    ]
+    for dialed, brand, cid, config, (decision, reason) in cases:
+        srv = holiday_server if config == holidays else server
+        asterisk_sandbox.load_dialplan(standard_dialplan(agi=agi_path(), fastagi=fastagi_url(srv)))
+        call = place(asterisk_sandbox, front, dialed, brand, config, callerid=cid)
+        outcome = asterisk_sandbox.wait_for(call)
+        check_outcome(asterisk_sandbox, env, call, outcome, front, dialed, decision, reason)
+
+
+def test_every_reason_code_is_covered():
+    from rpo_guard.decision import REASONS
+    covered = {reason for _, _, _, reason in TABLE} | {
+        "caller_id_not_allowed", "callback_request", "silent_call_cooldown", "outside_calling_hours",
+        "error"}  # error: tests/test_asterisk_faults.py
+    assert covered == set(REASONS)
