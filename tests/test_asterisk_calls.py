@@ -13,7 +13,7 @@ import pytest
 from asterisk_calls import assert_refused, audit_row, place, standard_dialplan
 from conftest import Env, agi_path, days, today_rome
 from fastagi_support import Server
-from test_decision_table import TABLE, build_table
+from decision_table import TABLE, build_table
 
 pytestmark = pytest.mark.asterisk
 
@@ -42,7 +42,7 @@ def conduct(tmp_path_factory):
     env.consents([(REGISTERED, "Energia Uno", "callback_request", days(0), "")], name="cb.csv")
     from click.testing import CliRunner
 
-    from rpo_guard.cli import cli
+    from rpo_guard.cli.main import cli
     r = CliRunner().invoke(cli, ["--config", str(env.conf), "silent-call", "3470001112", "--at", f"{days(2)}T11:00"])
     assert r.exit_code == 0, r.output
     env.consult([("3470001112", "non iscritto")], days_ago=0, name="silent.csv")
@@ -114,7 +114,7 @@ def test_conduct_reasons_through_asterisk(asterisk_sandbox, conduct, front):
 
 
 def test_every_reason_code_is_covered():
-    from rpo_guard.decision import REASONS
+    from rpo_guard.rules.decision import REASONS
     covered = {reason for _, _, _, reason in TABLE} | {
         "caller_id_not_allowed", "callback_request", "silent_call_cooldown", "outside_calling_hours",
         "error"}  # error: tests/test_asterisk_faults.py
