@@ -10,8 +10,13 @@ the audit log, then sets ``RPO_RESULT`` (ALLOW or BLOCK), ``RPO_REASON`` (the
 reason code) and ``RPO_AUDIT_ID`` on the channel and exits 0.
 
 Hangup: Asterisk sends SIGHUP when the caller hangs up (unless
-``AGISIGHUP=no``). Python's default action for SIGHUP kills the process, so
-the handler is installed first thing, before any other import. After a
+``AGISIGHUP=no``). Python's default action for SIGHUP kills the process, and
+Python needs tens of milliseconds to start: the installed ``rpo-guard-agi``
+is a /bin/sh program (scripts/rpo-guard-agi) that ignores SIGHUP before it
+starts ``python -m rpo_guard.agi``, and this module installs its own handler
+first thing, before any other import. So only the shell's first instruction
+(well under a millisecond) is exposed, and the shipped dialplan's
+``AGISIGHUP=no`` closes even that. After a
 hangup the channel is dead, but SET VARIABLE still works there (transcript
 03; 17 lists what a dead channel permits), so the script carries on: it
 records the attempt and still sets the variables for the ``h`` extension.

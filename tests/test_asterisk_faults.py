@@ -127,7 +127,7 @@ def audit_locked(env):
 def wait_for_agi(number: str, timeout: float = 20) -> list[int]:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        out = subprocess.run(["pgrep", "-f", f"rpo-guard-agi {number}"], capture_output=True, text=True)
+        out = subprocess.run(["pgrep", "-f", rf"rpo(-guard-agi|_guard\.agi) {number}"], capture_output=True, text=True)
         pids = [int(p) for p in out.stdout.split()]
         if pids:
             return pids
