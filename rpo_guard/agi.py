@@ -76,6 +76,17 @@ def _make_agi():
     return GuardAGI(stdin=stdin, stdout=stdout, stderr=open(os.devnull, "w"))
 
 
+def _tell_asterisk(agi, message: str) -> None:
+    """A line in Asterisk's own log (VERBOSE, level 1): where an admin looks first when
+    there is no configuration saying where failures go. Only characters that cannot break
+    the command line are kept."""
+    text = "".join(c if c.isalnum() or c in " _-.,:;/=()'[]+@" else "?" for c in message)[:400]
+    try:
+        agi.verbose(text, 1)
+    except Exception:
+        pass
+
+
 def run(argv: list[str]) -> int:
     started = time.perf_counter()
     config_path, args = parse_args(argv)
@@ -101,6 +112,7 @@ def run(argv: list[str]) -> int:
         cfg = config_mod.load(config_path, skip=("fastagi", "sync"))
     except Exception as exc:
         log_failure(f"configuration: {exc}")
+        _tell_asterisk(agi, f"rpo-guard: call refused, configuration unusable: {exc}")
     log_file = cfg.log_file if cfg else None
 
     if cfg is None:

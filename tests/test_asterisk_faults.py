@@ -218,9 +218,12 @@ def test_agi_configuration_faults(asterisk_sandbox, data, tmp_path, how):
     config = tmp_path / "nowhere.conf"
     if how == "invalid":
         config.write_text(data.conf.read_text() + "\n[rules]\nvalidity_days = -1\n")
+    mark = asterisk_sandbox.log_mark()
     c, outcome = call(asterisk_sandbox, "agi", data, config=config)
     assert (outcome["AGISTATUS"], outcome["RPO_RESULT"], outcome["RPO_REASON"]) == ("SUCCESS", "BLOCK", "error")
     assert_refused(asterisk_sandbox, c, outcome)
+    # no configuration, no log file, no syslog here: the failure is in Asterisk's own log
+    assert "rpo-guard: call refused, configuration unusable" in asterisk_sandbox.log_since(mark)
 
 
 # ---------------------------------------------------------------- FastAGI
