@@ -26,6 +26,7 @@ from rpo_guard.rules.decision import error_verdict
 
 from .reader import RegisterReader
 from .session import CHECKING, Session
+from .sdnotify import Notifier
 from .writer import BATCH_FROM, AuditWriter
 
 
@@ -248,9 +249,24 @@ async def serve(cfg, listen=None, ready=None, install_signals: bool = True) -> S
     host = server.listen[0]
     print(f"rpo-guard serve: listening on {'[' + host + ']' if ':' in host else host}:{server.port} "
           f"(pid {os.getpid()})", file=sys.stderr, flush=True)
+    notifier = Notifier()
+    notifier.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on port {server.port}")
+    pinger = None
+
+    def ping():  # from the event loop: a stuck loop sends no more pings, and systemd restarts us
+        nonlocal pinger
+        notifier.notify("WATCHDOG=1")
+        pinger = loop.call_later(notifier.ping_every, ping)
+    if notifier.ping_every:
+        ping()
     if ready is not None:
         ready(server)
+    await server._stopping.wait()
+    notifier.notify("STOPPING=1\nSTATUS=draining the calls in flight")
     await server.wait_stopped()
+    if pinger is not None:
+        pinger.cancel()
+    notifier.close()
     s = server.stats
     print(f"rpo-guard serve: stopped; sessions={s.sessions} allowed={s.allowed} blocked={s.blocked} "
           f"errors={s.errors} protocol_errors={s.protocol_errors} audit_written={server.audit.written} "
