@@ -116,9 +116,14 @@ def export(conn, filters: Filters, fmt: str, out) -> int:
     return n
 
 
+SELFTEST_VIA = "-selftest"  # the end of `via` on the rows of `rpo-guard selftest`'s test calls
+
+
 def summary(conn, filters: Filters) -> list[dict]:
-    """Counts per day, brand, decision and reason."""
+    """Counts per day, brand, decision and reason (the self-test calls left out)."""
     where, params = filters.where()
+    # the test calls of `rpo-guard selftest` are not attempts to reach anyone
+    where = (where + " AND " if where else " WHERE ") + f"COALESCE(via, '') NOT LIKE '%{SELFTEST_VIA}'"
     cur = conn.execute(
         f"SELECT substr(at, 1, 10) AS day, brand, decision, reason, count(*) FROM attempts{where}"
         " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", params)

@@ -158,8 +158,10 @@ from .dnc import dnc  # noqa: E402
 cli.add_command(dnc)
 
 from .fastagi import serve  # noqa: E402
+from .selftest import selftest  # noqa: E402
 
 cli.add_command(serve)
+cli.add_command(selftest)
 
 from .audit import audit as _audit  # noqa: E402
 

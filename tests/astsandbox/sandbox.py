@@ -74,6 +74,10 @@ exten => s,1,Set(SBX_I=1)
  same => n(done),Set(DB(sbxres/${SBX_CALL}/done)=1)
  same => n,Return()
 
+[sandbox-setenv]
+exten => s,1,Set(ENV(${SBX_ENV_NAME})=${SBX_ENV_VALUE})
+ same => n,Hangup()
+
 [sandbox-sink]
 exten => _X.,1,Set(DB(sbxsink/${IF($["${SBX_CALL}" = ""]?none:${SBX_CALL})}/${UNIQUEID})=${EXTEN})
  same => n,Answer()
@@ -338,6 +342,11 @@ class Sandbox:
         self.db_put(f"sbx/{call_id}", "exten", exten)
         self.cli(f"channel originate Local/{call_id}@sandbox-call/n application {app} {app_data}")
         return Call(call_id, exten, context, record)
+
+    def set_env(self, name: str, value: str) -> None:
+        """Set a variable in Asterisk's own environment (what every process AGI inherits)."""
+        self.wait_for(self.originate("s", "sandbox-setenv", variables={"SBX_ENV_NAME": name, "SBX_ENV_VALUE": value},
+                                     record=()))
 
     def outcome(self, call: Call) -> dict[str, str] | None:
         """The variables the call recorded when it ended, or None while it is up."""
