@@ -1,7 +1,7 @@
 """An AGI peer that behaves as Asterisk 22.10.1 does, for simulate-call and tests.
 
 Asterisk cannot be installed here, so this module plays its part of the AGI
-protocol exactly as the recorded sessions in ``shared/asterisk-transcripts``
+protocol exactly as the recorded sessions in ``tests/fixtures/asterisk-transcripts``
 show it, byte for byte:
 
 * the environment block: the same keys in the same order, ``key: value\\n``
