@@ -250,7 +250,7 @@ def test_fastagi_configuration_faults(data, tmp_path, how):
 def test_fastagi_server_hung(asterisk_sandbox, data):
     """A server that accepts and never answers holds the call, even after the caller hangs up
     (Asterisk has no FastAGI read timeout), until the connection closes; nothing is dialed.
-    (The shipped systemd unit's watchdog restarts a server whose loop is stuck: tests/test_watchdog.py.)"""
+    (The shipped systemd unit's watchdog restarts a server whose loop is stuck: tests/fastagi/test_watchdog.py.)"""
     listener = socket.create_server(("127.0.0.1", 0))
     held = []
     threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
