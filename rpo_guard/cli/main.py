@@ -24,13 +24,19 @@ def cli(ctx, config_path):
 
 
 @cli.command()
+@click.option("--asterisk-user", default=None, metavar="USER",
+              help="Asterisk's account, checked for reading the register and appending to the "
+                   "audit log (default: asterisk, when that account exists)")
 @pass_ctx
-def init(ctx):
+def init(ctx, asterisk_user):
     """Create the data folder and both databases (safe to run again).
 
     The folder is created 0750, or 2770 (setgid) with a [store] group; the
-    databases with [store] file_mode (and the group). Existing files are left
-    as they are; their permission problems are printed (as by `status`).
+    databases with [store] file_mode (and the group). Run as root, the
+    databases go to the data folder's owner. Existing files are left as they
+    are; their permission problems are printed (as by `status`), and so is
+    anything Asterisk's user could not do with them (every call would then be
+    refused).
     """
     from rpo_guard import perms
     from rpo_guard.audit.log import AuditLog
@@ -46,6 +52,21 @@ def init(ctx):
     click.echo(f"register: {cfg.register_db}\naudit:    {cfg.audit_db}")
     for w in perms.check(cfg.data_dir, [cfg.register_db, cfg.audit_db], cfg.file_mode, cfg.group):
         click.echo(f"warning: {w}", err=True)
+    user = asterisk_user or "asterisk"
+    try:
+        problems = perms.access_problems(user, cfg.data_dir, cfg.register_db, cfg.audit_db)
+    except KeyError:
+        if asterisk_user:
+            raise click.BadParameter(f"no such user {asterisk_user!r}", param_hint="--asterisk-user") from None
+        return  # no Asterisk on this machine (a development box): nothing to check
+    for p in problems:
+        click.echo(f"warning: {p}", err=True)
+    if problems:
+        click.echo(f"warning: every call the AGI makes as {user} would be refused (BLOCK error): set "
+                   f"[store] group to a group {user} is in, or run init as the account that owns "
+                   f"{cfg.data_dir} (docs/sysadmin.md, Permissions)", err=True)
+    else:
+        click.echo(f"{user} can read the register and append to the audit log")
 
 
 @cli.command()
