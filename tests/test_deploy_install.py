@@ -131,6 +131,7 @@ def test_install_from_a_fresh_clone_then_calls_as_asterisk(tmp_path):
     assert stat["/etc/systemd/system/rpo-guard-fastagi.service"].endswith(" 644")
     assert stat["/etc/logrotate.d/rpo-guard"].endswith(" 644")
     assert "rpo-guard" in values("ASTERISK_GROUPS")[0].split()
+    assert "asterisk can read the register and append to the audit log" in out  # said by init
 
     exits = dict(v.split() for v in values("EXIT"))
     assert exits == {"0612345678": "0", "0612345679": "1", "3331234567": "1"}, out
