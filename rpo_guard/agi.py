@@ -149,7 +149,26 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+USAGE = """usage: rpo-guard-agi [--config=PATH] NUMBER [BRAND [CALLERID]]
+
+The process AGI of rpo_guard: Asterisk runs it once per outbound call,
+  AGI(${RPO_GUARD_AGI},${NUMBER},${BRAND})
+and it answers on the AGI stream (standard input and output) by setting
+RPO_RESULT (ALLOW or BLOCK), RPO_REASON and RPO_AUDIT_ID. The configuration is
+--config=PATH, else $RPO_GUARD_CONFIG, else /etc/rpo-guard/rpo-guard.conf.
+It does not run from a terminal; to try a number as Asterisk would:
+  rpo-guard simulate-call NUMBER --brand BRAND --caller-id CALLERID
+Guide: docs/dialplan.md.
+"""
+
+
 def main() -> None:
+    if sys.argv[1:2] in (["--help"], ["-h"]):
+        sys.stdout.write(USAGE)
+        sys.exit(0)
+    if os.isatty(0):  # a person at a terminal, not Asterisk: no AGI talk to them
+        sys.stderr.write(USAGE)
+        sys.exit(2)
     try:
         code = run(sys.argv[1:])
     except BaseException as exc:  # never a traceback to Asterisk
