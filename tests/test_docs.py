@@ -196,3 +196,14 @@ def test_readme_is_a_front_page():
     for sub in re.findall(r"(?m)^\./dev (\w+)", readme):
         assert re.search(rf"(?m)^\s*{sub}\)", dev), f"README's `./dev {sub}` is not a ./dev command"
     assert "./dev demo" in readme and "./dev test" in readme
+
+
+@pytest.mark.parametrize("page", LINKED, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_files_named_exist(page):
+    """A source, test, deploy or unit file a page names (`rpo_guard/...py`, `tests/...py`,
+    `deploy/...`, `systemd/...`, `dialplan/...`, `bench/...py`) exists: moves show up here."""
+    text = page.read_text(encoding="utf-8")
+    named = set(re.findall(r"(?<![\w/.-])((?:rpo_guard|tests|bench)/[\w/.-]+\.py"
+                           r"|(?:deploy|systemd|dialplan)/[\w.-]+)", text))
+    missing = sorted(n for n in named if not (ROOT / n).exists())
+    assert not missing, f"{page.name} names files that do not exist: {', '.join(missing)}"
