@@ -225,14 +225,14 @@ def test_show_explains_each_kind_of_basis(env):
 
     text = run(env, "show", str(ids["consent"])).stdout
     assert f"Attempt {ids['consent']}: ALLOWED (ALLOW consent)" in text
-    assert "rule 7:" in text and "evidence ev-0" in text and "consents.csv line 2" in text
+    assert "rule 11a: registered, and a consent for the brand" in text and "evidence ev-0" in text and "consents.csv line 2" in text
     text = run(env, "show", str(ids["free"])).stdout
-    assert "rule 8:" in text and f"register consulted on {days(2)}" in text and "shared by every brand" in text
+    assert "rule 12: not registered at the newest consultation" in text and f"register consulted on {days(2)}" in text and "shared by every brand" in text
     assert "imported by test" in text and "sha256" in text
     text = run(env, "show", str(ids["dnc"])).stdout
-    assert "REFUSED (BLOCK internal_dnc)" in text and "asked never to be called again" in text
+    assert "REFUSED (BLOCK internal_dnc)" in text and "rule 2: the number is on the internal do-not-contact list" in text and "asked never to be called again" in text
     text = run(env, "show", str(ids["bad"])).stdout
-    assert "rule 1:" in text and "'12' (not a valid number)" in text
+    assert "rule 1: the dialed string is not a valid phone number" in text and "'12' (not a valid number)" in text
     assert "matches the content" in text and "links to row" in text
     # without the register database the audit row alone still explains the attempt
     os.rename(env.cfg.register_db, env.root / "elsewhere.db")
