@@ -41,10 +41,11 @@ def filter_options(f):
         click.option("--until", metavar="DATE|DATETIME", help="up to this day (inclusive) or moment (exclusive)"),
         click.option("--number", metavar="NUMBER", help="the called number, in any format"),
         click.option("--brand", default=None, help="the brand exactly as the dialplan passed it"),
-        click.option("--decision", type=click.Choice(["ALLOW", "BLOCK"], case_sensitive=False)),
+        click.option("--decision", type=click.Choice(["ALLOW", "BLOCK"], case_sensitive=False),
+                     help="only allowed or only refused attempts"),
         click.option("--reason", "reasons", multiple=True, type=click.Choice(sorted(REASONS)),
                      help="a reason code (repeat for several)"),
-        click.option("--caller-id", "callerid", metavar="CALLERID"),
+        click.option("--caller-id", "callerid", metavar="CALLERID", help="the caller ID the call presented, as recorded"),
         click.option("--uniqueid", metavar="ID", help="Asterisk's uniqueid of the call"),
     ]
     for opt in reversed(options):
@@ -86,12 +87,12 @@ def with_filters(f):
     return wrapper
 
 
-@click.group("audit")
+@click.group("audit", short_help='Verify, list, explain, export and report attempts.')
 def audit():
     """The audit log: verify, digest, list, show, export, summary, report, prune."""
 
 
-@audit.command()
+@audit.command(short_help='Walk the hash chain; report the first broken link.')
 @click.option("--digest", "digests", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="a file of digests (`audit digest` output) to check the log against; repeatable")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
@@ -144,7 +145,7 @@ def _key(cfg) -> bytes | None:
         raise click.ClickException(f"[audit] digest_key_file: {exc}") from None
 
 
-@audit.command()
+@audit.command(short_help="Print the day's digest: counts and the chain's hash.")
 @click.option("--date", "day", metavar="YYYY-MM-DD", help="the day (default: yesterday in the rules' timezone)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="append the digest line to this file")
 @click.pass_obj
@@ -181,7 +182,7 @@ def digest(obj, day, out):
         click.echo("unsigned digest ([audit] digest_key_file not set): anchor it outside this machine", err=True)
 
 
-@audit.command("list")
+@audit.command("list", short_help='List attempts (oldest first) matching the filters.')
 @with_filters
 @click.option("--limit", type=int, default=100, show_default=True, help="the newest N matching attempts; 0 = all")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line (the export columns)")
@@ -211,7 +212,7 @@ def list_(obj, filters, limit, as_json):
         click.echo(f"({n} attempt{'s' if n != 1 else ''})", err=True)
 
 
-@audit.command()
+@audit.command(short_help='Explain one attempt: the rule, the records, the link.')
 @click.argument("row_id", metavar="ID", type=int)
 @click.pass_obj
 def show(obj, row_id):
@@ -229,12 +230,13 @@ def show(obj, row_id):
     click.echo("\n".join(lines))
 
 
-@audit.command()
+@audit.command(short_help='Stream matching attempts as CSV or JSON lines.')
 @with_filters
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+              help="csv: a header line, UTF-8; jsonl: one JSON object per line")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="file to write (default: stdout)")
 def export(obj, filters, fmt, out):
-    """Stream the matching attempts as CSV or JSON lines (columns in the README)."""
+    """Stream the matching attempts as CSV or JSON lines (columns in docs/auditor.md)."""
     from rpo_guard.audit.query import export as do_export
 
     conn = _open(obj.cfg)
@@ -277,10 +279,11 @@ def summary(obj, filters, as_json):
                    "checkpoints table)")
 
 
-@audit.command()
+@audit.command(short_help='Write one self-contained HTML report.')
 @with_filters
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="the HTML file to write")
-@click.option("--title", default="rpo_guard: call attempts audit report", show_default=True)
+@click.option("--title", default="rpo_guard: call attempts audit report", show_default=True,
+              help="the report's heading")
 def report(obj, filters, out, title):
     """Write one self-contained HTML report (chart, top reasons, coverage, verify result)."""
     from rpo_guard.audit.chain import verify as do_verify
@@ -303,7 +306,7 @@ def report(obj, filters, out, title):
     click.echo(f"report written to {out} ({sum(g['attempts'] for g in groups)} attempts; log {'intact' if res.ok else 'BROKEN'})")
 
 
-@audit.command()
+@audit.command(short_help='Remove old attempts, keeping the rest verifiable.')
 @click.option("--before", metavar="DATE|DATETIME",
               help="remove attempts before this day or moment (default: [audit] retention_days ago)")
 @click.option("--dry-run", is_flag=True, help="only say what would be removed")

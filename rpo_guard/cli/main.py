@@ -23,7 +23,7 @@ def cli(ctx, config_path):
     ctx.obj = Ctx(config_path)
 
 
-@cli.command()
+@cli.command(short_help='Create the data folder and both databases.')
 @click.option("--asterisk-user", default=None, metavar="USER",
               help="Asterisk's account, checked for reading the register and appending to the "
                    "audit log (default: asterisk, when that account exists)")
@@ -69,7 +69,7 @@ def init(ctx, asterisk_user):
         click.echo(f"{user} can read the register and append to the audit log")
 
 
-@cli.command()
+@cli.command(short_help='Decide one number as the AGI would (what-if).')
 @click.argument("number")
 @click.option("--brand", default="", help="the brand (data controller) the call is made for")
 @click.option("--at", "at_text", metavar="ISO8601", help="decide as of this moment (what-if); default now")
@@ -115,7 +115,7 @@ def check(ctx, number, brand, at_text, caller_id, as_json):
     sys.exit(0 if v.allowed else 1)
 
 
-@cli.command("simulate-call")
+@cli.command("simulate-call", short_help='Call through the AGI as Asterisk 22 would.')
 @click.argument("number")
 @click.option("--brand", default="", help="second argument of the AGI")
 @click.option("--caller-id", default="unknown", help="CALLERID(num) of the channel")
@@ -150,7 +150,7 @@ def simulate_call(ctx, number, brand, caller_id, agi_path, hangup_after, fastagi
     sys.exit(0 if session.dialplan_allows else 1)
 
 
-@cli.command()
+@cli.command(short_help='Simulated calls on the embedded sample data.')
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where to build the demo databases (default: a temporary folder)")
 def demo(data_dir):

@@ -50,7 +50,7 @@ def _fail(cfg, file: Path, exc, move: bool):
     raise click.ClickException(msg)
 
 
-@click.command("import-consultation")
+@click.command("import-consultation", short_help='Import a consultation result of the register.')
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--date", "date_text", metavar="YYYY-MM-DD",
               help="the day the register was consulted (else the manifest FILE.manifest.json; never today by default)")
@@ -80,7 +80,7 @@ def import_consultation(ctx, file, date_text, brand, shape, sent, source, skip_i
     click.echo(result.message)
 
 
-@click.command("import-consents")
+@click.command("import-consents", short_help='Upsert the consent log (CSV or JSON Lines).')
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--source", default=None, help="a [source NAME] of the config (encoding, delimiter)")
 @click.option("--quarantine", "move", is_flag=True, help="on rejection, move FILE to the inbox's quarantine/")
@@ -98,16 +98,18 @@ def import_consents(ctx, file, source, move, quiet):
     click.echo(result.message)
 
 
-@click.command("import")
+@click.command("import", short_help='Apply a do-not-contact file (CSV or JSON Lines).')
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--source", default=None, help="a [source NAME] of the config (encoding, delimiter)")
 @click.option("--quarantine", "move", is_flag=True, help="on rejection, move FILE to the inbox's quarantine/")
+@click.option("--quiet", is_flag=True, help="no progress bar")
 @pass_ctx
-def dnc_import(ctx, file, move):
+def dnc_import(ctx, file, source, move, quiet):
     """Apply a do-not-contact file (CSV or JSON Lines: number, brand, reason, action add|remove)."""
     from rpo_guard.sync import ImportFailed, import_dnc
 
     try:
-        result = import_dnc(ctx.cfg, file)
+        result = import_dnc(ctx.cfg, file, source=source)
     except ImportFailed as exc:
         _fail(ctx.cfg, file, exc, move)
     click.echo(result.message)
@@ -163,7 +165,7 @@ def status(ctx, as_json):
     sys.exit(rep["exit"])
 
 
-@click.command()
+@click.command(short_help='Import what lands in the inbox (foreground).')
 @click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="the folder to watch (default: [sync] inbox)")
 @click.option("--polling", is_flag=True, default=None, help="poll instead of inotify (NFS/CIFS)")
