@@ -91,6 +91,15 @@ def run(argv: list[str]) -> int:
     from rpo_guard.rules.decision import error_verdict
     from .guard import Outcome, audit_row, check_call
 
+    # `rpo-guard simulate-call` marks its calls: "1", or the ISO moment to decide as of.
+    simulated = os.environ.get("RPO_GUARD_SIMULATE", "")
+    simulated_at = None
+    if simulated not in ("", "1"):
+        from datetime import datetime
+        simulated_at = datetime.fromisoformat(simulated)  # a bad value crashes: AGISTATUS=FAILURE, blocked
+        if simulated_at.tzinfo is None:
+            raise ValueError(f"RPO_GUARD_SIMULATE={simulated!r} has no offset")
+
     cfg = None
     try:
         cfg = config_mod.load(config_path, skip=("fastagi", "sync"))
@@ -109,7 +118,7 @@ def run(argv: list[str]) -> int:
         except Exception as exc:
             log_failure(f"register database {cfg.register_db}: {type(exc).__name__}: {exc}", log_file)
         caller_id = callerid_arg if callerid_arg is not None else env.get("agi_callerid", "")
-        outcome = check_call(cfg, store, dialed, brand, caller_id=caller_id,
+        outcome = check_call(cfg, store, dialed, brand, simulated_at, caller_id=caller_id,
                              callingpres=env.get("agi_callingpres", ""))
         if store is not None:
             store.close()
@@ -117,7 +126,12 @@ def run(argv: list[str]) -> int:
     if verdict.reason == "error":
         log_failure(f"call {env.get('agi_uniqueid', '?')} to {dialed!r} blocked on error: {verdict.detail}", log_file)
 
-    row = audit_row(outcome, env, dialed, brand, callerid_arg, started, "agi")
+    row = audit_row(outcome, env, dialed, brand, callerid_arg, started, "simulate" if simulated else "agi")
+    if simulated_at is not None and cfg is not None:  # the row keeps the real time; the detail says when
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+        row["at"] = datetime.now(ZoneInfo(cfg.timezone)).isoformat(timespec="milliseconds")
+        row["detail"] = f"{row['detail'] or ''} [simulated as of {simulated_at.isoformat()}]".strip()
     result, reason, audit_id = verdict.decision, verdict.reason, ""
     try:
         if cfg is None:

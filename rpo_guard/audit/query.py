@@ -34,9 +34,14 @@ class Filters:
     reasons: tuple[str, ...] = ()
     callerid: str | None = None
     uniqueid: str | None = None
+    simulated: bool | None = None  # False: leave out `rpo-guard simulate-call`'s rows (via = simulate)
 
     def where(self) -> tuple[str, list]:
         clauses, params = [], []
+        if self.simulated is False:
+            clauses.append("via != 'simulate'")
+        elif self.simulated:
+            clauses.append("via = 'simulate'")
         if self.since:
             clauses.append("julianday(at) >= julianday(?)")
             params.append(self.since)

@@ -158,7 +158,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 
 
 def render(*, groups: list[dict], verify_result, title: str, generated_at: str, period: str,
-           register_db: Path | None = None, checkpoints: list[tuple] = ()) -> str:
+           register_db: Path | None = None, checkpoints: list[tuple] = (), notes: list[str] = ()) -> str:
     e = html.escape
     total = sum(g["attempts"] for g in groups)
     allowed = sum(g["attempts"] for g in groups if g["decision"] == "ALLOW")
@@ -188,6 +188,8 @@ def render(*, groups: list[dict], verify_result, title: str, generated_at: str, 
                  f'{"✔" if v.ok else "✘"} {e(v.summary())}</div>')
     for note in v.notes:
         parts.append(f'<div class="meta">{e(note)}</div>')
+    for note in notes:
+        parts.append(f'<div class="meta note">{e(note)}</div>')
     parts.append('<div class="tiles">'
                  f'<div class="tile">attempts<b id="total">{total}</b></div>'
                  f'<div class="tile">allowed<b>{allowed}</b>{pct(allowed, total)}</div>'

@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import sys
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -32,6 +33,17 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
+
+
+def _count(conn, filters) -> int:
+    where, params = filters.where()
+    return conn.execute(f"SELECT count(*) FROM attempts{where}", params).fetchone()[0]
+
+
+def _simulated_note(n: int) -> str:
+    calls = "1 simulated call" if n == 1 else f"{n} simulated calls"
+    return (f"{calls} (`rpo-guard simulate-call`, via simulate) not counted; "
+            "`rpo-guard audit list` shows them")
 
 
 def filter_options(f):
@@ -261,7 +273,8 @@ def summary(obj, filters, as_json):
 
     conn = _open(obj.cfg)
     try:
-        groups = do_summary(conn, filters)
+        groups = do_summary(conn, replace(filters, simulated=False))
+        simulated = _count(conn, replace(filters, simulated=True))
         pruned = conn.execute("SELECT coalesce(sum(rows), 0), max(last_at) FROM checkpoints").fetchone()
     finally:
         conn.close()
@@ -274,6 +287,8 @@ def summary(obj, filters, as_json):
     total = sum(g["attempts"] for g in groups)
     allowed = sum(g["attempts"] for g in groups if g["decision"] == "ALLOW")
     click.echo(f"total {total}: {allowed} allowed, {total - allowed} refused")
+    if simulated:
+        click.echo(f"({_simulated_note(simulated)})")
     if pruned[0]:
         click.echo(f"({pruned[0]} older attempts, up to {pruned[1]}, were pruned; their counts are kept in the "
                    "checkpoints table)")
@@ -293,7 +308,8 @@ def report(obj, filters, out, title):
     cfg = obj.cfg
     conn = _open(cfg)
     try:
-        groups = do_summary(conn, filters)
+        groups = do_summary(conn, replace(filters, simulated=False))
+        simulated = _count(conn, replace(filters, simulated=True))
         res = do_verify(conn)
         checkpoints = conn.execute("SELECT id, pruned_at, pruned_by, rows, first_id, last_id, before"
                                    " FROM checkpoints ORDER BY id").fetchall()
@@ -301,7 +317,8 @@ def report(obj, filters, out, title):
         conn.close()
     period = f"{filters.since or 'start'} to {filters.until or 'now'}"
     text = render(groups=groups, verify_result=res, title=title, generated_at=_now(cfg).isoformat(timespec="seconds"),
-                  period=period, register_db=cfg.register_db, checkpoints=checkpoints)
+                  period=period, register_db=cfg.register_db, checkpoints=checkpoints,
+                  notes=[_simulated_note(simulated)] if simulated else [])
     Path(out).write_text(text, encoding="utf-8")
     click.echo(f"report written to {out} ({sum(g['attempts'] for g in groups)} attempts; log {'intact' if res.ok else 'BROKEN'})")
 

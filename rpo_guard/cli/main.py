@@ -12,6 +12,8 @@ from rpo_guard import config as config_mod
 
 from .context import Ctx, default_agi_path, parse_at, pass_ctx
 
+SIMULATE_ENV = "RPO_GUARD_SIMULATE"  # read by rpo_guard.agi: "1", or the moment to decide as of
+
 
 @click.group()
 @click.option("--config", "config_path", metavar="PATH", default=None,
@@ -120,28 +122,45 @@ def check(ctx, number, brand, at_text, caller_id, as_json):
 @click.option("--brand", default="", help="second argument of the AGI")
 @click.option("--caller-id", default="unknown", help="CALLERID(num) of the channel")
 @click.option("--agi", "agi_path", default=None, metavar="PATH", help="the AGI script (default: rpo-guard-agi)")
-@click.option("--hangup-after", type=float, default=None, metavar="SECONDS", help="the caller hangs up this soon")
+@click.option("--hangup-after", type=float, default=None, metavar="SECONDS",
+              help="the caller hangs up this soon (0: at once); the check still runs to the end and is recorded")
+@click.option("--at", "at_text", metavar="ISO8601",
+              help="decide as of this moment (process AGI only); the row keeps the real time")
 @click.option("--fastagi", "fastagi", default=None, metavar="HOST:PORT",
               help="call a running `rpo-guard serve` (FastAGI) instead of the process AGI")
 @click.option("--quiet", is_flag=True, help="print only the result line")
 @pass_ctx
-def simulate_call(ctx, number, brand, caller_id, agi_path, hangup_after, fastagi, quiet):
-    """Run the AGI exactly as Asterisk 22 would and show the session."""
+def simulate_call(ctx, number, brand, caller_id, agi_path, hangup_after, at_text, fastagi, quiet):
+    """Run the AGI exactly as Asterisk 22 would and show the session.
+
+    As the shipped dialplan does, the channel sets AGISIGHUP=no: a hangup never stops
+    the check. The attempt is recorded in the audit log with via=simulate, on a channel
+    of the context rpo-guard-simulate; `audit summary` and `audit report` leave such
+    rows out of their counts.
+    """
+    import time
+
     from rpo_guard.harness import Channel, run_fastagi, run_process_agi
 
-    channel = Channel(extension=number, callerid=caller_id)
+    channel = Channel(extension=number, callerid=caller_id, context="rpo-guard-simulate",
+                      uniqueid=f"{int(time.time())}.{os.getpid()}", variables={"AGISIGHUP": "no"})
     if fastagi:
+        if at_text:
+            raise click.UsageError("--at works with the process AGI only (not with --fastagi)")
         try:
             host, port = config_mod._listen(fastagi)
         except ValueError as exc:
             raise click.BadParameter(f"{fastagi!r}: {exc}", param_hint="--fastagi") from None
-        session = run_fastagi(host, port, "rpo_guard", [number, brand], channel, hangup_after=hangup_after)
+        session = run_fastagi(host, port, "rpo_guard?simulate=1", [number, brand], channel,
+                              hangup_after=hangup_after)
     else:
-        env = {}
+        env = {SIMULATE_ENV: "1"}
+        if at_text:
+            env[SIMULATE_ENV] = parse_at(at_text, ctx.cfg.timezone).isoformat()
         if ctx.config_path:
             env[config_mod.ENV_VAR] = os.path.abspath(ctx.config_path)
         session = run_process_agi(agi_path or default_agi_path(), [number, brand], channel, env=env,
-                                  hangup_after=hangup_after)
+                                  hangup_after=hangup_after, agisighup=False)
     if not quiet:
         for line in session.transcript:
             click.echo(line)
