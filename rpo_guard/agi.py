@@ -146,7 +146,11 @@ def run(argv: list[str]) -> int:
     except Exception as exc:
         # An attempt that cannot be recorded is refused; the failure log keeps it.
         result, reason = "BLOCK", "error"
-        log_failure(f"audit log unwritable ({type(exc).__name__}: {exc}); attempt: {row!r}", log_file)
+        cause = f"{type(exc).__name__}: {exc}"
+        if cfg is not None:
+            from .perms import access_denied
+            cause = access_denied(cfg.audit_db, write=True) or cause
+        log_failure(f"audit log {cfg.audit_db if cfg else ''} unwritable ({cause}); attempt: {row!r}", log_file)
 
     if not (safe_value(result, RESULT_VALUES) and safe_value(reason)):
         result, reason = "BLOCK", "error"

@@ -238,3 +238,48 @@ def access_problems(user: str, data_dir: str, register_db: str, audit_db: str) -
             if not _may(cst, uid, gids, 6):
                 problems.append(f"{user} cannot {what}: {_describe(db + suffix, cst)}")
     return problems
+
+
+def access_denied(path: str, write: bool = False) -> str | None:
+    """Why this process cannot use the database ``path`` (read, or with ``write`` append),
+    as "permission denied: ..." naming the folder or file in the way with its owner, group
+    and mode; None when permissions are not the problem (a missing file is not one)."""
+    path = os.path.abspath(path)
+    parts = path.split(os.sep)
+    for i in range(2, len(parts)):
+        d = os.sep.join(parts[:i])
+        if not os.access(d, os.X_OK):
+            return f"permission denied: {_denied_at(d)} (cannot reach {path})"
+    folder = os.path.dirname(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if write and not os.access(folder, os.W_OK | os.X_OK):
+            return f"permission denied: {_denied_at(folder)} (cannot create {os.path.basename(path)})"
+        return None
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if not os.access(path, os.R_OK | (os.W_OK if write else 0)):
+        return f"permission denied: {_denied_at(path)} ({'cannot write it' if write else 'cannot read it'})"
+    for suffix in ("-wal", "-shm"):
+        p = path + suffix
+        if os.path.exists(p):
+            if not os.access(p, os.R_OK | os.W_OK):
+                return f"permission denied: {_denied_at(p)}"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            return (f"permission denied: {_denied_at(folder)} (cannot create {os.path.basename(p)}, "
+                    "which SQLite needs beside a WAL database)")
+    return None
+
+
+def _denied_at(p: str) -> str:
+    try:
+        st = os.stat(p)
+    except OSError:
+        return p
+    import pwd
+    try:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        me = str(os.geteuid())
+    return f"{_describe(p, st)}, this process runs as {me}"
