@@ -150,7 +150,7 @@ def run(argv: list[str]) -> int:
         if cfg is not None:
             from .perms import access_denied
             cause = access_denied(cfg.audit_db, write=True) or cause
-        log_failure(f"audit log {cfg.audit_db if cfg else ''} unwritable ({cause}); attempt: {row!r}", log_file)
+        log_failure(f"audit log unwritable ({cause}); attempt: {row!r}", log_file)
 
     if not (safe_value(result, RESULT_VALUES) and safe_value(reason)):
         result, reason = "BLOCK", "error"
