@@ -147,6 +147,9 @@ def test_verify_and_digest_commands(filled, tmp_path):
     out = run(filled, "verify", "--json", code=1).stdout
     assert json.loads(out)["problem"] == {"kind": "edited", "row_id": 123,
                                           "message": "row 123 no longer matches its hash: its content was changed"}
+    # the head is the last intact row's hash, not the genesis zeros
+    intact = w.execute("SELECT hash FROM attempts WHERE id = 122").fetchone()[0]
+    assert (json.loads(out)["last_id"], json.loads(out)["head_hash"]) == (122, intact) and intact != "0" * 64
     # an unreadable key is an error, never a silently unsigned digest
     filled.write_config(f"[audit]\ndigest_key_file = {tmp_path / 'missing.key'}\n")
     assert "digest_key_file" in run(filled, "digest", "--date", "2026-10-02", code=1).output
