@@ -238,7 +238,7 @@ def import_consultation(cfg, path: Path, consulted_on: date, brand: str = "", wh
         return ImportResult(batch_id, 0, True, f"{path}: already imported as batch {batch_id} (same sha256); "
                                                "nothing to do")
     rows, reg = b.stats["rows"], b.stats["registered"]
-    msg = (f"{path}: batch {batch_id}: {rows} numbers consulted on {consulted_on} ({reg} registered), "
+    msg = (f"{path}: batch {batch_id}: {rows} number{'' if rows == 1 else 's'} consulted on {consulted_on} ({reg} registered), "
            f"valid until {valid_until}" + (f", brand {brand}" if brand else ", shared by every brand"))
     if skipped:
         msg += f"; {len(skipped)} invalid row(s) skipped"

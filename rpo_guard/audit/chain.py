@@ -58,7 +58,7 @@ class VerifyResult:
         extra = f"; {self.pruned_rows} earlier rows pruned under {self.checkpoints} checkpoint(s)" \
             if self.checkpoints else ""
         anchors = f"; {self.anchors_checked} digest(s) matched" if self.anchors_checked else ""
-        return f"OK: {self.rows} rows intact ({span}), head {self.head_hash[:16]}…{extra}{anchors}"
+        return f"OK: {self.rows} row{'' if self.rows == 1 else 's'} intact ({span}), head {self.head_hash[:16]}…{extra}{anchors}"
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "rows": self.rows, "first_id": self.first_id, "last_id": self.last_id,

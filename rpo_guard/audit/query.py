@@ -187,7 +187,7 @@ def explain(conn, row_id: int, register_db: Path | None = None) -> list[str] | N
                      + (f"; registered by {basis['registered_by']} at the latest" if basis.get("registered_by") else ""))
         b = reg.execute("SELECT * FROM batches WHERE id = ?", (basis.get("batch_id"),)).fetchone() if reg else None
         if b is not None:
-            lines.append(f"                file {b['source_file']} (sha256 {b['sha256']}), {b['rows']} numbers, "
+            lines.append(f"                file {b['source_file']} (sha256 {b['sha256']}), {b['rows']} number{'' if b['rows'] == 1 else 's'}, "
                          f"valid until {b['valid_until']}, imported by {b['imported_by']} at {b['imported_at']}")
         elif reg is not None:
             lines.append("                (batch no longer in the register database)")

@@ -40,6 +40,11 @@ def _count(conn, filters) -> int:
     return conn.execute(f"SELECT count(*) FROM attempts{where}", params).fetchone()[0]
 
 
+def _attempts(groups) -> str:
+    n = sum(g["attempts"] for g in groups)
+    return f"{n} attempt{'' if n == 1 else 's'}"
+
+
 def _simulated_note(n: int) -> str:
     calls = "1 simulated call" if n == 1 else f"{n} simulated calls"
     return (f"{calls} (`rpo-guard simulate-call`, via simulate) not counted; "
@@ -320,7 +325,7 @@ def report(obj, filters, out, title):
                   period=period, register_db=cfg.register_db, checkpoints=checkpoints,
                   notes=[_simulated_note(simulated)] if simulated else [])
     Path(out).write_text(text, encoding="utf-8")
-    click.echo(f"report written to {out} ({sum(g['attempts'] for g in groups)} attempts; log {'intact' if res.ok else 'BROKEN'})")
+    click.echo(f"report written to {out} ({_attempts(groups)}; log {'intact' if res.ok else 'BROKEN'})")
 
 
 @audit.command(short_help='Remove old attempts, keeping the rest verifiable.')

@@ -146,13 +146,13 @@ def status(ctx, as_json):
     word = {0: "OK", 1: "WARNING", 2: "CRITICAL"}[rep["exit"]]
     click.echo(f"{word}: register {rep['database']} on {rep['today']}")
     for b in rep["brands"]:
-        click.echo(f"  brand {b['brand'] or '(shared)'}: {b['numbers_consulted']} numbers consulted, "
+        click.echo(f"  brand {b['brand'] or '(shared)'}: {b['numbers_consulted']} number{'' if b['numbers_consulted'] == 1 else 's'} consulted, "
                    f"{b['registered']} registered; valid consultations {b['valid_consultations']} "
                    f"(newest {b['newest_valid'] or '-'}, oldest {b['oldest_valid'] or '-'}); "
                    f"{b['expiring_within_3_days']} expire within 3 days; consents {b['consents']}, "
                    f"DNC {b['dnc_active']}")
     li = rep["last_import"]
-    click.echo(f"  last import: {li['at']} {li['kind']} {li['file']} ({li['rows']} rows)" if li else
+    click.echo(f"  last import: {li['at']} {li['kind']} {li['file']} ({li['rows']} row{'' if li['rows'] == 1 else 's'})" if li else
                "  last import: none")
     for f in rep["failed_since_last_success"]:
         click.echo(f"  FAILED {f['at']} {f['kind']} {f['file']}: {f['error']}")
