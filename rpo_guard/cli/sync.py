@@ -45,7 +45,7 @@ def _fail(cfg, file: Path, exc, move: bool):
     msg = str(exc)
     if move and Path(file).is_file():
         from rpo_guard.sync import quarantine
-        target = quarantine(Path(file), msg, cfg.inbox / "quarantine")
+        target = quarantine(Path(file), msg, cfg.inbox / "quarantine", cfg.timezone)
         msg += f"\n(moved to {target}, reason beside it)"
     raise click.ClickException(msg)
 
