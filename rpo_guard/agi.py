@@ -107,6 +107,15 @@ def run(argv: list[str]) -> int:
     from rpo_guard.rules.decision import error_verdict
     from .guard import Outcome, audit_row, check_call
 
+    # `rpo-guard simulate-call` marks its calls: "1", or the ISO moment to decide as of.
+    simulated = os.environ.get("RPO_GUARD_SIMULATE", "")
+    simulated_at = None
+    if simulated not in ("", "1"):
+        from datetime import datetime
+        simulated_at = datetime.fromisoformat(simulated)  # a bad value crashes: AGISTATUS=FAILURE, blocked
+        if simulated_at.tzinfo is None:
+            raise ValueError(f"RPO_GUARD_SIMULATE={simulated!r} has no offset")
+
     cfg = None
     try:
         cfg = config_mod.load(config_path, skip=("fastagi", "sync"))
@@ -126,7 +135,7 @@ def run(argv: list[str]) -> int:
         except Exception as exc:
             log_failure(f"register database {cfg.register_db}: {type(exc).__name__}: {exc}", log_file)
         caller_id = callerid_arg if callerid_arg is not None else env.get("agi_callerid", "")
-        outcome = check_call(cfg, store, dialed, brand, caller_id=caller_id,
+        outcome = check_call(cfg, store, dialed, brand, simulated_at, caller_id=caller_id,
                              callingpres=env.get("agi_callingpres", ""))
         if store is not None:
             store.close()
@@ -134,7 +143,12 @@ def run(argv: list[str]) -> int:
     if verdict.reason == "error":
         log_failure(f"call {env.get('agi_uniqueid', '?')} to {dialed!r} blocked on error: {verdict.detail}", log_file)
 
-    row = audit_row(outcome, env, dialed, brand, callerid_arg, started, "agi")
+    row = audit_row(outcome, env, dialed, brand, callerid_arg, started, "simulate" if simulated else "agi")
+    if simulated_at is not None and cfg is not None:  # the row keeps the real time; the detail says when
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+        row["at"] = datetime.now(ZoneInfo(cfg.timezone)).isoformat(timespec="milliseconds")
+        row["detail"] = f"{row['detail'] or ''} [simulated as of {simulated_at.isoformat()}]".strip()
     result, reason, audit_id = verdict.decision, verdict.reason, ""
     try:
         if cfg is None:
@@ -149,7 +163,11 @@ def run(argv: list[str]) -> int:
     except Exception as exc:
         # An attempt that cannot be recorded is refused; the failure log keeps it.
         result, reason = "BLOCK", "error"
-        log_failure(f"audit log unwritable ({type(exc).__name__}: {exc}); attempt: {row!r}", log_file)
+        cause = f"{type(exc).__name__}: {exc}"
+        if cfg is not None:
+            from .perms import access_denied
+            cause = access_denied(cfg.audit_db, write=True) or cause
+        log_failure(f"audit log unwritable ({cause}); attempt: {row!r}", log_file)
 
     if not (safe_value(result, RESULT_VALUES) and safe_value(reason)):
         result, reason = "BLOCK", "error"
@@ -166,7 +184,26 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+USAGE = """usage: rpo-guard-agi [--config=PATH] NUMBER [BRAND [CALLERID]]
+
+The process AGI of rpo_guard: Asterisk runs it once per outbound call,
+  AGI(${RPO_GUARD_AGI},${NUMBER},${BRAND})
+and it answers on the AGI stream (standard input and output) by setting
+RPO_RESULT (ALLOW or BLOCK), RPO_REASON and RPO_AUDIT_ID. The configuration is
+--config=PATH, else $RPO_GUARD_CONFIG, else /etc/rpo-guard/rpo-guard.conf.
+It does not run from a terminal; to try a number as Asterisk would:
+  rpo-guard simulate-call NUMBER --brand BRAND --caller-id CALLERID
+Guide: docs/dialplan.md.
+"""
+
+
 def main() -> None:
+    if sys.argv[1:2] in (["--help"], ["-h"]):
+        sys.stdout.write(USAGE)
+        sys.exit(0)
+    if os.isatty(0):  # a person at a terminal, not Asterisk: no AGI talk to them
+        sys.stderr.write(USAGE)
+        sys.exit(2)
     try:
         code = run(sys.argv[1:])
     except BaseException as exc:  # never a traceback to Asterisk

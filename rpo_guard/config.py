@@ -223,7 +223,7 @@ SOURCE_SETTINGS: dict[str, tuple] = {
 SETTINGS: dict[str, dict[str, tuple]] = {
     "paths": {
         "data_dir": (_str, "/var/lib/rpo-guard", "folder holding rpo.db (register, consents, DNC) and audit.db"),
-        "log_file": (_str, "", "file for failures; empty = syslog (stderr is lost under Asterisk)"),
+        "log_file": (_str, "", "file for failures; empty = syslog (when there is one), /var/log/rpo-guard/failures.log and stderr"),
     },
     "numbers": {
         "default_region": (_region, "IT", "region for numbers dialed in national form"),

@@ -16,6 +16,13 @@ Rules (``[store] file_mode`` and ``[store] group``):
   create audit.db and the WAL files, setgid so whatever is created inside
   gets the group. Never world-writable, never world-readable.
 
+* A database created by root (``sudo rpo-guard init``, an import run as root)
+  is given to the owner of the folder it is created in, so that a tool run
+  as root never leaves files the data's account cannot use.
+* :func:`access_problems` says what another account (Asterisk's user) cannot
+  do with the data: read the register, append to the audit log. `init`
+  prints it.
+
 Only :func:`create_file` may run on the per-call path (the AGI creates a
 missing audit.db); ``grp`` is imported only when a group is set.
 """
@@ -60,12 +67,21 @@ def create_file(path: str, file_mode: int, group: str = "") -> bool:
     except FileExistsError:
         return False
     try:
-        if group:
-            os.fchown(fd, -1, gid_of(group))
+        os.fchown(fd, _owner_for(path), gid_of(group) if group else -1)
         os.fchmod(fd, db_mode(file_mode, group))  # after fchown: chown clears setgid bits
     finally:
         os.close(fd)
     return True
+
+
+def _owner_for(path: str) -> int:
+    """-1 (keep), or for root the owner of the folder the file is created in."""
+    if os.geteuid() != 0:
+        return -1
+    try:
+        return os.stat(os.path.dirname(os.path.abspath(path))).st_uid
+    except OSError:
+        return -1
 
 
 def fix_companions(path: str, file_mode: int, group: str = "") -> None:
@@ -73,8 +89,7 @@ def fix_companions(path: str, file_mode: int, group: str = "") -> None:
     for suffix in ("-wal", "-shm"):
         p = path + suffix
         try:
-            if group:
-                os.chown(p, -1, gid_of(group))
+            os.chown(p, _owner_for(p), gid_of(group) if group else -1)
             os.chmod(p, db_mode(file_mode, group))
         except FileNotFoundError:
             pass
@@ -156,3 +171,115 @@ def _group_name(gid: int) -> str:
 
 def world_writable(warnings: list[str]) -> bool:
     return any(": world-writable (" in w for w in warnings)
+
+
+def _may(st: os.stat_result, uid: int, gids: set[int], want: int) -> bool:
+    """Whether an account (uid, groups) has the ``want`` bits (4 r, 2 w, 1 x) on a file, as the
+    kernel decides from owner, group and mode (no ACLs; root may do anything)."""
+    if uid == 0:
+        return True
+    shift = 6 if st.st_uid == uid else 3 if st.st_gid in gids else 0
+    return (st.st_mode >> shift) & want == want
+
+
+def _describe(p: str, st: os.stat_result) -> str:
+    import pwd
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    return f"{p} is {owner}:{_group_name(st.st_gid)} {_mode_text(st.st_mode)}"
+
+
+def access_problems(user: str, data_dir: str, register_db: str, audit_db: str) -> list[str]:
+    """What ``user`` (Asterisk's account, running the AGI) cannot do with the data: reach the
+    folder, read the register, append to the audit log (each SQLite file in WAL mode also
+    needs its -wal/-shm: writable when they exist, else a folder it may create them in).
+    Empty when it can do all. KeyError when there is no such user."""
+    import pwd
+    pw = pwd.getpwnam(user)
+    uid, gids = pw.pw_uid, set(os.getgrouplist(user, pw.pw_gid))
+    problems: list[str] = []
+    folder = os.path.abspath(data_dir)
+    parts = folder.split(os.sep)
+    for i in range(1, len(parts)):
+        d = os.sep.join(parts[:i]) or os.sep
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        if not _may(st, uid, gids, 1):
+            return [f"{user} cannot reach {folder}: {_describe(d, st)} (no search permission)"]
+    try:
+        fst = os.stat(folder)
+    except OSError as exc:
+        return [f"{folder}: {exc.strerror}"]
+    if not _may(fst, uid, gids, 5):
+        return [f"{user} cannot enter {folder}: {_describe(folder, fst)}"]
+    folder_writable = _may(fst, uid, gids, 3)
+    for db, want, what in ((register_db, 4, "read the register"), (audit_db, 6, "append to the audit log")):
+        try:
+            st = os.stat(db)
+        except FileNotFoundError:
+            if not folder_writable:
+                problems.append(f"{user} cannot create {db}: {_describe(folder, fst)}")
+            continue
+        if not _may(st, uid, gids, want):
+            problems.append(f"{user} cannot {what}: {_describe(db, st)}")
+            continue
+        for suffix in ("-wal", "-shm"):
+            try:
+                cst = os.stat(db + suffix)
+            except FileNotFoundError:
+                if not folder_writable:
+                    problems.append(f"{user} cannot {what}: {db + suffix} is missing and "
+                                    f"{_describe(folder, fst)} does not let it create it")
+                continue
+            if not _may(cst, uid, gids, 6):
+                problems.append(f"{user} cannot {what}: {_describe(db + suffix, cst)}")
+    return problems
+
+
+def access_denied(path: str, write: bool = False) -> str | None:
+    """Why this process cannot use the database ``path`` (read, or with ``write`` append),
+    as "permission denied: ..." naming the folder or file in the way with its owner, group
+    and mode; None when permissions are not the problem (a missing file is not one)."""
+    path = os.path.abspath(path)
+    parts = path.split(os.sep)
+    for i in range(2, len(parts)):
+        d = os.sep.join(parts[:i])
+        if not os.access(d, os.X_OK):
+            return f"permission denied: {_denied_at(d)} (cannot reach {path})"
+    folder = os.path.dirname(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if write and not os.access(folder, os.W_OK | os.X_OK):
+            return f"permission denied: {_denied_at(folder)} (cannot create {os.path.basename(path)})"
+        return None
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if not os.access(path, os.R_OK | (os.W_OK if write else 0)):
+        return f"permission denied: {_denied_at(path)} ({'cannot write it' if write else 'cannot read it'})"
+    for suffix in ("-wal", "-shm"):
+        p = path + suffix
+        if os.path.exists(p):
+            if not os.access(p, os.R_OK | os.W_OK):
+                return f"permission denied: {_denied_at(p)}"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            return (f"permission denied: {_denied_at(folder)} (cannot create {os.path.basename(p)}, "
+                    "which SQLite needs beside a WAL database)")
+    return None
+
+
+def _denied_at(p: str) -> str:
+    try:
+        st = os.stat(p)
+    except OSError:
+        return p
+    import pwd
+    try:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        me = str(os.geteuid())
+    return f"{_describe(p, st)}, this process runs as {me}"

@@ -238,7 +238,7 @@ def import_consultation(cfg, path: Path, consulted_on: date, brand: str = "", wh
         return ImportResult(batch_id, 0, True, f"{path}: already imported as batch {batch_id} (same sha256); "
                                                "nothing to do")
     rows, reg = b.stats["rows"], b.stats["registered"]
-    msg = (f"{path}: batch {batch_id}: {rows} numbers consulted on {consulted_on} ({reg} registered), "
+    msg = (f"{path}: batch {batch_id}: {rows} number{'' if rows == 1 else 's'} consulted on {consulted_on} ({reg} registered), "
            f"valid until {valid_until}" + (f", brand {brand}" if brand else ", shared by every brand"))
     if skipped:
         msg += f"; {len(skipped)} invalid row(s) skipped"
@@ -650,22 +650,23 @@ def import_file(cfg, path: Path, *, kind: str | None = None, consulted_on: date 
                                skip_invalid=skip_invalid, progress=progress)
 
 
-def _free_name(folder: Path, name: str) -> Path:
+def _free_name(folder: Path, name: str, tz: str = "Europe/Rome") -> Path:
     target = folder / name
     if not target.exists() and not Path(str(target) + ".reason.txt").exists():
         return target
-    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    stamp = _now(tz).strftime("%Y%m%dT%H%M%S")
     for i in itertools.count():
         target = folder / (f"{stamp}-{name}" if i == 0 else f"{stamp}-{i}-{name}")
         if not target.exists():
             return target
 
 
-def move_done(path: Path, folder: Path) -> Path:
-    """Move an imported file (and its manifest) into ``folder`` under a free name."""
+def move_done(path: Path, folder: Path, tz: str = "Europe/Rome") -> Path:
+    """Move an imported file (and its manifest) into ``folder`` under a free name
+    (clashes get a time stamp in ``tz``, the rules' timezone)."""
     path = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    target = _free_name(folder, path.name)
+    target = _free_name(folder, path.name, tz)
     shutil.move(str(path), target)
     man = manifest_path(path)
     if man.exists():
@@ -673,10 +674,11 @@ def move_done(path: Path, folder: Path) -> Path:
     return target
 
 
-def quarantine(path: Path, reason: str, folder: Path) -> Path:
-    """Move a rejected file (and its manifest) into ``folder`` with ``<name>.reason.txt`` beside it."""
-    target = move_done(path, folder)
+def quarantine(path: Path, reason: str, folder: Path, tz: str = "Europe/Rome") -> Path:
+    """Move a rejected file (and its manifest) into ``folder`` with ``<name>.reason.txt`` beside it;
+    times in ``tz`` (the rules' timezone), as everywhere else."""
+    target = move_done(path, folder, tz)
     Path(str(target) + ".reason.txt").write_text(
-        f"{reason}\n\nfile: {path}\nquarantined: {datetime.now().astimezone().isoformat(timespec='seconds')}\n",
+        f"{reason}\n\nfile: {path}\nquarantined: {_now(tz).isoformat(timespec='seconds')}\n",
         encoding="utf-8")
     return target

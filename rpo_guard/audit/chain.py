@@ -40,7 +40,7 @@ class VerifyResult:
     rows: int = 0                 # rows checked
     first_id: int | None = None
     last_id: int | None = None
-    head_hash: str = GENESIS      # hash of the last row checked (or of the last checkpoint)
+    head_hash: str = GENESIS      # hash of the last intact row (or of the last checkpoint)
     checkpoints: int = 0
     pruned_rows: int = 0
     anchors_checked: int = 0
@@ -58,7 +58,7 @@ class VerifyResult:
         extra = f"; {self.pruned_rows} earlier rows pruned under {self.checkpoints} checkpoint(s)" \
             if self.checkpoints else ""
         anchors = f"; {self.anchors_checked} digest(s) matched" if self.anchors_checked else ""
-        return f"OK: {self.rows} rows intact ({span}), head {self.head_hash[:16]}…{extra}{anchors}"
+        return f"OK: {self.rows} row{'' if self.rows == 1 else 's'} intact ({span}), head {self.head_hash[:16]}…{extra}{anchors}"
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "rows": self.rows, "first_id": self.first_id, "last_id": self.last_id,
@@ -113,17 +113,21 @@ def verify(conn, anchors: list[dict] | None = None) -> VerifyResult:
                 if row_id < expected_id:
                     res.problem = Problem("inserted", row_id, f"row {row_id} does not belong to the chain "
                                           f"(the next id expected is {expected_id})")
+                    res.head_hash = expected_prev  # the last intact row's hash
                     return res
                 if row_id > expected_id:
                     res.problem = Problem("deleted", row_id, f"row(s) {expected_id}..{row_id - 1} are missing "
                                           "(deleted)")
+                    res.head_hash = expected_prev  # the last intact row's hash
                     return res
                 if prev_hash != expected_prev:
                     res.problem = _broken_link(conn, row_id, prev_hash)
+                    res.head_hash = expected_prev  # the last intact row's hash
                     return res
                 if row_hash(prev_hash, row_id, values) != stored:
                     res.problem = Problem("edited", row_id, f"row {row_id} no longer matches its hash: "
                                           "its content was changed")
+                    res.head_hash = expected_prev  # the last intact row's hash
                     return res
                 if res.first_id is None:
                     res.first_id = row_id

@@ -1,7 +1,7 @@
 """Reading the audit log: filters, listing, streaming export, summary, explanations.
 
 Everything here reads through the ``attempts_explained`` view (documented in
-the README), so what the CLI prints, what an export holds and what an
+docs/auditor.md), so what the CLI prints, what an export holds and what an
 auditor sees in Datasette are the same columns.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
+
+from rpo_guard.rules.decision import rule_line
 
 # The export columns, in order. Stable: new columns may be appended, none renamed.
 EXPORT_COLUMNS = ("id", "at", "at_utc", "day", "uniqueid", "channel", "callerid", "accountcode", "brand",
@@ -32,9 +34,14 @@ class Filters:
     reasons: tuple[str, ...] = ()
     callerid: str | None = None
     uniqueid: str | None = None
+    simulated: bool | None = None  # False: leave out `rpo-guard simulate-call`'s rows (via = simulate)
 
     def where(self) -> tuple[str, list]:
         clauses, params = [], []
+        if self.simulated is False:
+            clauses.append("via != 'simulate'")
+        elif self.simulated:
+            clauses.append("via = 'simulate'")
         if self.since:
             clauses.append("julianday(at) >= julianday(?)")
             params.append(self.since)
@@ -132,29 +139,6 @@ def summary(conn, filters: Filters) -> list[dict]:
 
 # -- explanations --------------------------------------------------------------
 
-RULES = {
-    "invalid_number": "rule 1: the dialed string is not a valid phone number, so nothing about it can be "
-                      "checked; the call is refused (fail closed).",
-    "internal_dnc": "rule 2: the number is on the internal do-not-contact list (for every brand or for this "
-                    "one); the call is refused.",
-    "optout": "rule 3: the person asked this brand (or every brand) to stop calling and gave no consent to "
-              "this brand afterwards; the call is refused.",
-    "contract": "rule 4: this brand has a contract with the person, in force or ended at most "
-                "[rules] contract_grace_days ago; the call is allowed whatever the register says.",
-    "not_consulted": "rule 5: no consultation of the Registro Pubblico delle Opposizioni covers this number "
-                     "(for this brand or shared); the call is refused (fail closed).",
-    "consultation_expired": "rule 6: the newest consultation covering the number is older than its validity "
-                            "(15 days for calls, DPR 26/2022 art. 8(2)); the call is refused.",
-    "rpo_registered": "rule 7: the number is registered in the RPO and this brand holds no consent given "
-                      "after the registration; the call is refused.",
-    "consent": "rule 7: the number is registered in the RPO, but this brand holds a consent given after the "
-               "registration and not revoked; the call is allowed.",
-    "consent_revoked": "rule 7: the consent this brand held was revoked later; the call is refused.",
-    "not_registered": "rule 8: the newest consultation, still valid, says the number is not registered in the "
-                      "RPO; the call is allowed.",
-    "error": "fail closed: the facts could not be gathered or the attempt could not be checked (see the "
-             "detail); the call is refused.",
-}
 
 
 def _register(path: Path | None):
@@ -196,7 +180,7 @@ def explain(conn, row_id: int, register_db: Path | None = None) -> list[str] | N
         f"  call:     dialed {r['dialed']!r} -> {number}; brand {r['brand']!r}; caller ID {r['callerid']!r}",
         f"  asterisk: uniqueid {r['uniqueid']}, channel {r['channel']}, accountcode {r['accountcode'] or '-'}, "
         f"via {r['via']}, decided in {r['latency_ms']} ms",
-        f"  rule:     {RULES.get(r['reason'], 'unknown reason code ' + repr(r['reason']))}",
+        f"  rule:     {rule_line(r['reason'])}",
     ]
     if r["detail"]:
         lines.append(f"  detail:   {r['detail']}")
@@ -208,7 +192,7 @@ def explain(conn, row_id: int, register_db: Path | None = None) -> list[str] | N
                      + (f"; registered by {basis['registered_by']} at the latest" if basis.get("registered_by") else ""))
         b = reg.execute("SELECT * FROM batches WHERE id = ?", (basis.get("batch_id"),)).fetchone() if reg else None
         if b is not None:
-            lines.append(f"                file {b['source_file']} (sha256 {b['sha256']}), {b['rows']} numbers, "
+            lines.append(f"                file {b['source_file']} (sha256 {b['sha256']}), {b['rows']} number{'' if b['rows'] == 1 else 's'}, "
                          f"valid until {b['valid_until']}, imported by {b['imported_by']} at {b['imported_at']}")
         elif reg is not None:
             lines.append("                (batch no longer in the register database)")

@@ -13,20 +13,34 @@ from collections import defaultdict
 from pathlib import Path
 from urllib.parse import quote
 
-from rpo_guard.rules.decision import ALLOW_REASONS
+from rpo_guard.rules import decision as rules
+from rpo_guard.rules.decision import ALLOW_REASONS, RULES
 
-# Reasons in stacking order, with their colours (allowed: greens/blues, refused: warm).
-ALLOW_ORDER = ("not_registered", "consent", "contract")
-BLOCK_ORDER = ("rpo_registered", "consent_revoked", "optout", "internal_dnc", "not_consulted",
-               "consultation_expired", "invalid_number", "error")
+# Reasons in stacking order (the rules' order), each with a colour of its own: allowed in
+# greens and blues, refused in reds, oranges, purples and browns; the conduct-code reasons
+# too (tests/audit/test_audit_report.py checks they are all told apart, in Chromium).
+ALLOW_ORDER = tuple(r for r in RULES if r in ALLOW_REASONS)
+BLOCK_ORDER = tuple(r for r in RULES if r not in ALLOW_REASONS)
 COLOURS = {
-    "not_registered": "#2e7d32", "consent": "#1565c0", "contract": "#00838f",
-    "rpo_registered": "#c62828", "consent_revoked": "#ad1457", "optout": "#6a1b9a",
-    "internal_dnc": "#4e342e", "not_consulted": "#ef6c00", "consultation_expired": "#f9a825",
-    "invalid_number": "#757575", "error": "#212121",
+    rules.NOT_REGISTERED: "#2e7d32", rules.CONSENT: "#1565c0", rules.CONTRACT: "#4fc3f7",
+    rules.CALLBACK_REQUEST: "#9ccc65",
+    rules.RPO_REGISTERED: "#c62828", rules.CONSENT_REVOKED: "#ec407a", rules.OPTOUT: "#6a1b9a",
+    rules.INTERNAL_DNC: "#6d4c41", rules.NOT_CONSULTED: "#ef6c00", rules.CONSULTATION_EXPIRED: "#fdd835",
+    rules.INVALID_NUMBER: "#bcaaa4", rules.ERROR: "#212121",
+    rules.OUTSIDE_CALLING_HOURS: "#7986cb", rules.CALLER_ID_NOT_ALLOWED: "#00897b",
+    rules.SILENT_CALL_COOLDOWN: "#9e9d24",
 }
-COVERED = frozenset({"not_registered", "consent", "consent_revoked", "rpo_registered"})
-UNCOVERED = frozenset({"not_consulted", "consultation_expired"})
+UNKNOWN_COLOUR = "#9e9e9e"  # a reason newer than this table (the test makes that a failure)
+# Consultation coverage: the rules that read the consultation (not_consulted .. not_registered).
+UNCOVERED = frozenset({rules.NOT_CONSULTED, rules.CONSULTATION_EXPIRED})
+COVERED = frozenset({rules.CONSENT, rules.CONSENT_REVOKED, rules.RPO_REGISTERED, rules.NOT_REGISTERED})
+
+
+def _coverage_rules() -> str:
+    first = RULES[rules.NOT_CONSULTED].number
+    last = RULES[rules.NOT_REGISTERED].number
+    earlier = int(first) - 1
+    return f"rules {first}–{last}: every valid number not settled earlier by rules 1–{earlier}"
 
 
 def _order(reason: str) -> tuple:
@@ -38,7 +52,7 @@ def _order(reason: str) -> tuple:
 
 
 def _colour(reason: str) -> str:
-    return COLOURS.get(reason, "#9e9e9e")
+    return COLOURS.get(reason, UNKNOWN_COLOUR)
 
 
 def _nice_max(v: int) -> int:
@@ -144,7 +158,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 
 
 def render(*, groups: list[dict], verify_result, title: str, generated_at: str, period: str,
-           register_db: Path | None = None, checkpoints: list[tuple] = ()) -> str:
+           register_db: Path | None = None, checkpoints: list[tuple] = (), notes: list[str] = ()) -> str:
     e = html.escape
     total = sum(g["attempts"] for g in groups)
     allowed = sum(g["attempts"] for g in groups if g["decision"] == "ALLOW")
@@ -174,6 +188,8 @@ def render(*, groups: list[dict], verify_result, title: str, generated_at: str, 
                  f'{"✔" if v.ok else "✘"} {e(v.summary())}</div>')
     for note in v.notes:
         parts.append(f'<div class="meta">{e(note)}</div>')
+    for note in notes:
+        parts.append(f'<div class="meta note">{e(note)}</div>')
     parts.append('<div class="tiles">'
                  f'<div class="tile">attempts<b id="total">{total}</b></div>'
                  f'<div class="tile">allowed<b>{allowed}</b>{pct(allowed, total)}</div>'
@@ -193,8 +209,8 @@ def render(*, groups: list[dict], verify_result, title: str, generated_at: str, 
                      f"<td class=n>{n}</td><td class=n>{pct(n, total)}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Consultation coverage</h2><p>Of the attempts whose decision needed a consultation of the "
-                 "register (rules 5–8: every valid number not settled earlier by the do-not-contact list, an "
-                 "opt-out or a contract), the share that found a consultation still valid on the day of the call. "
+                 f"register ({_coverage_rules()}: the do-not-contact list, an opt-out, the conduct code, a contract "
+                 "or a callback request), the share that found a consultation still valid on the day of the call. "
                  "The rest were refused as <code>not_consulted</code> or <code>consultation_expired</code>.</p>"
                  "<table><tr><th>day</th><th class=n>attempts</th><th class=n>allowed</th><th class=n>refused</th>"
                  "<th class=n>covered</th><th class=n>not covered</th><th class=n>coverage</th></tr>")

@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import sys
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +35,22 @@ def _user() -> str:
         return "unknown"
 
 
+def _count(conn, filters) -> int:
+    where, params = filters.where()
+    return conn.execute(f"SELECT count(*) FROM attempts{where}", params).fetchone()[0]
+
+
+def _attempts(groups) -> str:
+    n = sum(g["attempts"] for g in groups)
+    return f"{n} attempt{'' if n == 1 else 's'}"
+
+
+def _simulated_note(n: int) -> str:
+    calls = "1 simulated call" if n == 1 else f"{n} simulated calls"
+    return (f"{calls} (`rpo-guard simulate-call`, via simulate) not counted; "
+            "`rpo-guard audit list` shows them")
+
+
 def filter_options(f):
     """The filters shared by list, export, summary and report."""
     options = [
@@ -41,10 +58,11 @@ def filter_options(f):
         click.option("--until", metavar="DATE|DATETIME", help="up to this day (inclusive) or moment (exclusive)"),
         click.option("--number", metavar="NUMBER", help="the called number, in any format"),
         click.option("--brand", default=None, help="the brand exactly as the dialplan passed it"),
-        click.option("--decision", type=click.Choice(["ALLOW", "BLOCK"], case_sensitive=False)),
+        click.option("--decision", type=click.Choice(["ALLOW", "BLOCK"], case_sensitive=False),
+                     help="only allowed or only refused attempts"),
         click.option("--reason", "reasons", multiple=True, type=click.Choice(sorted(REASONS)),
                      help="a reason code (repeat for several)"),
-        click.option("--caller-id", "callerid", metavar="CALLERID"),
+        click.option("--caller-id", "callerid", metavar="CALLERID", help="the caller ID the call presented, as recorded"),
         click.option("--uniqueid", metavar="ID", help="Asterisk's uniqueid of the call"),
     ]
     for opt in reversed(options):
@@ -86,12 +104,12 @@ def with_filters(f):
     return wrapper
 
 
-@click.group("audit")
+@click.group("audit", short_help='Verify, list, explain, export and report attempts.')
 def audit():
     """The audit log: verify, digest, list, show, export, summary, report, prune."""
 
 
-@audit.command()
+@audit.command(short_help='Walk the hash chain; report the first broken link.')
 @click.option("--digest", "digests", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="a file of digests (`audit digest` output) to check the log against; repeatable")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
@@ -144,7 +162,7 @@ def _key(cfg) -> bytes | None:
         raise click.ClickException(f"[audit] digest_key_file: {exc}") from None
 
 
-@audit.command()
+@audit.command(short_help="Print the day's digest: counts and the chain's hash.")
 @click.option("--date", "day", metavar="YYYY-MM-DD", help="the day (default: yesterday in the rules' timezone)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="append the digest line to this file")
 @click.pass_obj
@@ -181,7 +199,7 @@ def digest(obj, day, out):
         click.echo("unsigned digest ([audit] digest_key_file not set): anchor it outside this machine", err=True)
 
 
-@audit.command("list")
+@audit.command("list", short_help='List attempts (oldest first) matching the filters.')
 @with_filters
 @click.option("--limit", type=int, default=100, show_default=True, help="the newest N matching attempts; 0 = all")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line (the export columns)")
@@ -211,7 +229,7 @@ def list_(obj, filters, limit, as_json):
         click.echo(f"({n} attempt{'s' if n != 1 else ''})", err=True)
 
 
-@audit.command()
+@audit.command(short_help='Explain one attempt: the rule, the records, the link.')
 @click.argument("row_id", metavar="ID", type=int)
 @click.pass_obj
 def show(obj, row_id):
@@ -229,12 +247,13 @@ def show(obj, row_id):
     click.echo("\n".join(lines))
 
 
-@audit.command()
+@audit.command(short_help='Stream matching attempts as CSV or JSON lines.')
 @with_filters
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+              help="csv: a header line, UTF-8; jsonl: one JSON object per line")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="file to write (default: stdout)")
 def export(obj, filters, fmt, out):
-    """Stream the matching attempts as CSV or JSON lines (columns in the README)."""
+    """Stream the matching attempts as CSV or JSON lines (columns in docs/auditor.md)."""
     from rpo_guard.audit.query import export as do_export
 
     conn = _open(obj.cfg)
@@ -259,7 +278,8 @@ def summary(obj, filters, as_json):
 
     conn = _open(obj.cfg)
     try:
-        groups = do_summary(conn, filters)
+        groups = do_summary(conn, replace(filters, simulated=False))
+        simulated = _count(conn, replace(filters, simulated=True))
         pruned = conn.execute("SELECT coalesce(sum(rows), 0), max(last_at) FROM checkpoints").fetchone()
     finally:
         conn.close()
@@ -272,15 +292,18 @@ def summary(obj, filters, as_json):
     total = sum(g["attempts"] for g in groups)
     allowed = sum(g["attempts"] for g in groups if g["decision"] == "ALLOW")
     click.echo(f"total {total}: {allowed} allowed, {total - allowed} refused")
+    if simulated:
+        click.echo(f"({_simulated_note(simulated)})")
     if pruned[0]:
         click.echo(f"({pruned[0]} older attempts, up to {pruned[1]}, were pruned; their counts are kept in the "
                    "checkpoints table)")
 
 
-@audit.command()
+@audit.command(short_help='Write one self-contained HTML report.')
 @with_filters
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="the HTML file to write")
-@click.option("--title", default="rpo_guard: call attempts audit report", show_default=True)
+@click.option("--title", default="rpo_guard: call attempts audit report", show_default=True,
+              help="the report's heading")
 def report(obj, filters, out, title):
     """Write one self-contained HTML report (chart, top reasons, coverage, verify result)."""
     from rpo_guard.audit.chain import verify as do_verify
@@ -290,7 +313,8 @@ def report(obj, filters, out, title):
     cfg = obj.cfg
     conn = _open(cfg)
     try:
-        groups = do_summary(conn, filters)
+        groups = do_summary(conn, replace(filters, simulated=False))
+        simulated = _count(conn, replace(filters, simulated=True))
         res = do_verify(conn)
         checkpoints = conn.execute("SELECT id, pruned_at, pruned_by, rows, first_id, last_id, before"
                                    " FROM checkpoints ORDER BY id").fetchall()
@@ -298,12 +322,13 @@ def report(obj, filters, out, title):
         conn.close()
     period = f"{filters.since or 'start'} to {filters.until or 'now'}"
     text = render(groups=groups, verify_result=res, title=title, generated_at=_now(cfg).isoformat(timespec="seconds"),
-                  period=period, register_db=cfg.register_db, checkpoints=checkpoints)
+                  period=period, register_db=cfg.register_db, checkpoints=checkpoints,
+                  notes=[_simulated_note(simulated)] if simulated else [])
     Path(out).write_text(text, encoding="utf-8")
-    click.echo(f"report written to {out} ({sum(g['attempts'] for g in groups)} attempts; log {'intact' if res.ok else 'BROKEN'})")
+    click.echo(f"report written to {out} ({_attempts(groups)}; log {'intact' if res.ok else 'BROKEN'})")
 
 
-@audit.command()
+@audit.command(short_help='Remove old attempts, keeping the rest verifiable.')
 @click.option("--before", metavar="DATE|DATETIME",
               help="remove attempts before this day or moment (default: [audit] retention_days ago)")
 @click.option("--dry-run", is_flag=True, help="only say what would be removed")

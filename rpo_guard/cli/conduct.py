@@ -10,7 +10,7 @@ import click
 _pass_ctx = click.pass_obj  # the rpo_guard.cli.context.Ctx of the `rpo-guard` group
 
 
-@click.group("caller-id")
+@click.group("caller-id", short_help='Caller IDs declared in the ROC, per brand.')
 def caller_id():
     """Caller IDs declared in the ROC, per brand ('' = every brand).
 
@@ -19,12 +19,13 @@ def caller_id():
     """
 
 
-@caller_id.command("add")
+@caller_id.command("add", short_help='Declare a caller ID (for every brand, or one).')
 @click.argument("number")
 @click.option("--brand", default="", help="only for this brand (default: every brand)")
 @click.option("--note", default="", help="e.g. the ROC declaration it comes from")
 @_pass_ctx
 def caller_id_add(ctx, number, brand, note):
+    """Declare NUMBER as a caller ID the brand's calls may present (as declared in the ROC)."""
     from rpo_guard.register.conduct import caller_id_add as do
     from rpo_guard.rules.numbers import InvalidNumber
     try:
@@ -33,11 +34,12 @@ def caller_id_add(ctx, number, brand, note):
         raise click.ClickException(str(exc)) from None
 
 
-@caller_id.command("remove")
+@caller_id.command("remove", short_help='Withdraw a declared caller ID (history kept).')
 @click.argument("number")
 @click.option("--brand", default="", help="the brand of the declaration (default: the every-brand one)")
 @_pass_ctx
 def caller_id_remove(ctx, number, brand):
+    """Withdraw a declared caller ID; the declaration stays in the history with who and when."""
     from rpo_guard.register.conduct import caller_id_remove as do
     from rpo_guard.rules.numbers import InvalidNumber
     try:
@@ -46,11 +48,12 @@ def caller_id_remove(ctx, number, brand):
         raise click.ClickException(str(exc).strip("'\"")) from None
 
 
-@caller_id.command("list")
+@caller_id.command("list", short_help='The caller IDs a call may present.')
 @click.option("--brand", default=None, help="the numbers a call for this brand may present")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON array")
 @_pass_ctx
 def caller_id_list(ctx, brand, as_json):
+    """The declared caller IDs (number, brand or * for every brand, added at, by, note)."""
     from rpo_guard.register.conduct import caller_id_list as do
     rows = do(ctx.cfg, brand)
     if as_json:
@@ -60,7 +63,7 @@ def caller_id_list(ctx, brand, as_json):
         click.echo(f"{r['number']}\t{r['brand'] or '*'}\t{r['added_at']}\t{r['added_by']}\t{r['note']}")
 
 
-@click.command("silent-call")
+@click.command("silent-call", short_help='Record a silent call: a cool-down for the number.')
 @click.argument("number")
 @click.option("--brand", default="", help="the brand the call was made for (kept; the cool-down covers every brand)")
 @click.option("--at", "at_text", metavar="ISO8601", help="when it happened (default: now)")
@@ -81,7 +84,7 @@ def silent_call(ctx, number, brand, at_text, uniqueid, source):
         raise click.ClickException(str(exc)) from None
 
 
-@click.command("holidays")
+@click.command("holidays", short_help='The holidays the calling-hours rule uses.')
 @click.argument("year", type=int, required=False)
 @_pass_ctx
 def holidays_cmd(ctx, year):

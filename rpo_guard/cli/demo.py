@@ -56,7 +56,7 @@ def run_demo(data_dir: Path | None = None, conduct: dict[str, str] | None = None
 
     write_conf()
     cfg = config_mod.load(str(conf))
-    from datetime import datetime
+    from datetime import datetime, time
     from zoneinfo import ZoneInfo
     consulted = datetime.now(ZoneInfo(cfg.timezone)).date() - timedelta(days=2)
     delta = consulted - ANCHOR
@@ -122,8 +122,14 @@ def run_demo(data_dir: Path | None = None, conduct: dict[str, str] | None = None
     for line in first.transcript:
         click.echo("  " + line)
     click.echo(f"\nevery attempt is in the audit log: {cfg.audit_db}")
+    # The what-ifs below use the shipped rules: the campaign may have run with the calling
+    # hours off, so the configuration goes back to the demo's own before they are suggested.
+    write_conf()
+    expired = consulted + timedelta(days=20)
+    while problem(datetime.combine(expired, time(10, 0), ZoneInfo(cfg.timezone))) is not None:
+        expired += timedelta(days=1)  # a working day, so that the answer is the consultation's
     click.echo(f"try: rpo-guard --config {conf} check 0612345678 --brand 'Energia Uno' --at "
-               f"{(consulted + timedelta(days=20)).isoformat()}T10:00   # what-if: the consultation expired")
+               f"{expired.isoformat()}T10:00   # what-if: the consultation expired")
     sunday = consulted + timedelta(days=(6 - consulted.weekday()) or 7)
     click.echo(f"try: rpo-guard --config {conf} check 0612345678 --brand 'Energia Uno' --caller-id 0612340000 "
                f"--at {sunday.isoformat()}T11:00   # what-if: a Sunday, no calls (Code of conduct)")

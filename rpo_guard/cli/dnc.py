@@ -9,7 +9,7 @@ from .context import pass_ctx
 from .sync import dnc_import
 
 
-@click.group()
+@click.group(short_help='The internal do-not-contact list.')
 def dnc():
     """The internal do-not-contact list (global or per brand)."""
 
@@ -18,12 +18,13 @@ def _number_error(exc):
     return click.ClickException(str(exc))
 
 
-@dnc.command("add")
+@dnc.command("add", short_help='Add a number (for every brand, or one).')
 @click.argument("number")
 @click.option("--brand", default="", help="only for this brand (default: every brand)")
 @click.option("--reason", default="", help="why (kept for the auditors)")
 @pass_ctx
 def dnc_add(ctx, number, brand, reason):
+    """Put NUMBER on the internal do-not-contact list: every later call is refused."""
     from rpo_guard.register.lists import dnc_add as do
     from rpo_guard.rules.numbers import InvalidNumber
     try:
@@ -32,11 +33,12 @@ def dnc_add(ctx, number, brand, reason):
         raise _number_error(exc) from None
 
 
-@dnc.command("remove")
+@dnc.command("remove", short_help="End a number's entry (its history is kept).")
 @click.argument("number")
 @click.option("--brand", default="", help="the brand of the entry (default: the global entry)")
 @pass_ctx
 def dnc_remove(ctx, number, brand):
+    """End NUMBER's active entry; it stays in the history with who removed it and when."""
     from rpo_guard.register.lists import dnc_remove as do
     from rpo_guard.rules.numbers import InvalidNumber
     try:
@@ -45,12 +47,13 @@ def dnc_remove(ctx, number, brand):
         raise click.ClickException(str(exc).strip("'\"")) from None
 
 
-@dnc.command("list")
+@dnc.command("list", short_help='List the active entries.')
 @click.argument("number", required=False)
 @click.option("--brand", default=None, help="only entries of this brand ('' for global ones)")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON array")
 @pass_ctx
 def dnc_list(ctx, number, brand, as_json):
+    """The active entries (all, or NUMBER's): number, brand or * for every brand, added at, by, reason."""
     from rpo_guard.register.lists import dnc_list as do
     from rpo_guard.rules.numbers import InvalidNumber
     try:

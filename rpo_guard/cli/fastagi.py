@@ -17,7 +17,7 @@ def _listen(ctx, param, value):
         raise click.BadParameter(f"{value!r}: {exc}") from None
 
 
-@click.command()
+@click.command(short_help='Run the FastAGI server that Asterisk calls.')
 @click.option("--listen", metavar="HOST:PORT", callback=_listen, default=None,
               help="address to bind (default: [fastagi] listen, 127.0.0.1:4573); port 0 picks a free one")
 @click.pass_context

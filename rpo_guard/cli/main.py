@@ -12,6 +12,8 @@ from rpo_guard import config as config_mod
 
 from .context import Ctx, default_agi_path, parse_at, pass_ctx
 
+SIMULATE_ENV = "RPO_GUARD_SIMULATE"  # read by rpo_guard.agi: "1", or the moment to decide as of
+
 
 @click.group()
 @click.option("--config", "config_path", metavar="PATH", default=None,
@@ -23,14 +25,20 @@ def cli(ctx, config_path):
     ctx.obj = Ctx(config_path)
 
 
-@cli.command()
+@cli.command(short_help='Create the data folder and both databases.')
+@click.option("--asterisk-user", default=None, metavar="USER",
+              help="Asterisk's account, checked for reading the register and appending to the "
+                   "audit log (default: asterisk, when that account exists)")
 @pass_ctx
-def init(ctx):
+def init(ctx, asterisk_user):
     """Create the data folder and both databases (safe to run again).
 
     The folder is created 0750, or 2770 (setgid) with a [store] group; the
-    databases with [store] file_mode (and the group). Existing files are left
-    as they are; their permission problems are printed (as by `status`).
+    databases with [store] file_mode (and the group). Run as root, the
+    databases go to the data folder's owner. Existing files are left as they
+    are; their permission problems are printed (as by `status`), and so is
+    anything Asterisk's user could not do with them (every call would then be
+    refused).
     """
     from rpo_guard import perms
     from rpo_guard.audit.log import AuditLog
@@ -46,9 +54,24 @@ def init(ctx):
     click.echo(f"register: {cfg.register_db}\naudit:    {cfg.audit_db}")
     for w in perms.check(cfg.data_dir, [cfg.register_db, cfg.audit_db], cfg.file_mode, cfg.group):
         click.echo(f"warning: {w}", err=True)
+    user = asterisk_user or "asterisk"
+    try:
+        problems = perms.access_problems(user, cfg.data_dir, cfg.register_db, cfg.audit_db)
+    except KeyError:
+        if asterisk_user:
+            raise click.BadParameter(f"no such user {asterisk_user!r}", param_hint="--asterisk-user") from None
+        return  # no Asterisk on this machine (a development box): nothing to check
+    for p in problems:
+        click.echo(f"warning: {p}", err=True)
+    if problems:
+        click.echo(f"warning: every call the AGI makes as {user} would be refused (BLOCK error): set "
+                   f"[store] group to a group {user} is in, or run init as the account that owns "
+                   f"{cfg.data_dir} (docs/sysadmin.md, Permissions)", err=True)
+    else:
+        click.echo(f"{user} can read the register and append to the audit log")
 
 
-@cli.command()
+@cli.command(short_help='Decide one number as the AGI would (what-if).')
 @click.argument("number")
 @click.option("--brand", default="", help="the brand (data controller) the call is made for")
 @click.option("--at", "at_text", metavar="ISO8601", help="decide as of this moment (what-if); default now")
@@ -94,33 +117,50 @@ def check(ctx, number, brand, at_text, caller_id, as_json):
     sys.exit(0 if v.allowed else 1)
 
 
-@cli.command("simulate-call")
+@cli.command("simulate-call", short_help='Call through the AGI as Asterisk 22 would.')
 @click.argument("number")
 @click.option("--brand", default="", help="second argument of the AGI")
 @click.option("--caller-id", default="unknown", help="CALLERID(num) of the channel")
 @click.option("--agi", "agi_path", default=None, metavar="PATH", help="the AGI script (default: rpo-guard-agi)")
-@click.option("--hangup-after", type=float, default=None, metavar="SECONDS", help="the caller hangs up this soon")
+@click.option("--hangup-after", type=float, default=None, metavar="SECONDS",
+              help="the caller hangs up this soon (0: at once); the check still runs to the end and is recorded")
+@click.option("--at", "at_text", metavar="ISO8601",
+              help="decide as of this moment (process AGI only); the row keeps the real time")
 @click.option("--fastagi", "fastagi", default=None, metavar="HOST:PORT",
               help="call a running `rpo-guard serve` (FastAGI) instead of the process AGI")
 @click.option("--quiet", is_flag=True, help="print only the result line")
 @pass_ctx
-def simulate_call(ctx, number, brand, caller_id, agi_path, hangup_after, fastagi, quiet):
-    """Run the AGI exactly as Asterisk 22 would and show the session."""
+def simulate_call(ctx, number, brand, caller_id, agi_path, hangup_after, at_text, fastagi, quiet):
+    """Run the AGI exactly as Asterisk 22 would and show the session.
+
+    As the shipped dialplan does, the channel sets AGISIGHUP=no: a hangup never stops
+    the check. The attempt is recorded in the audit log with via=simulate, on a channel
+    of the context rpo-guard-simulate; `audit summary` and `audit report` leave such
+    rows out of their counts.
+    """
+    import time
+
     from rpo_guard.harness import Channel, run_fastagi, run_process_agi
 
-    channel = Channel(extension=number, callerid=caller_id)
+    channel = Channel(extension=number, callerid=caller_id, context="rpo-guard-simulate",
+                      uniqueid=f"{int(time.time())}.{os.getpid()}", variables={"AGISIGHUP": "no"})
     if fastagi:
+        if at_text:
+            raise click.UsageError("--at works with the process AGI only (not with --fastagi)")
         try:
             host, port = config_mod._listen(fastagi)
         except ValueError as exc:
             raise click.BadParameter(f"{fastagi!r}: {exc}", param_hint="--fastagi") from None
-        session = run_fastagi(host, port, "rpo_guard", [number, brand], channel, hangup_after=hangup_after)
+        session = run_fastagi(host, port, "rpo_guard?simulate=1", [number, brand], channel,
+                              hangup_after=hangup_after)
     else:
-        env = {}
+        env = {SIMULATE_ENV: "1"}
+        if at_text:
+            env[SIMULATE_ENV] = parse_at(at_text, ctx.cfg.timezone).isoformat()
         if ctx.config_path:
             env[config_mod.ENV_VAR] = os.path.abspath(ctx.config_path)
         session = run_process_agi(agi_path or default_agi_path(), [number, brand], channel, env=env,
-                                  hangup_after=hangup_after)
+                                  hangup_after=hangup_after, agisighup=False)
     if not quiet:
         for line in session.transcript:
             click.echo(line)
@@ -129,7 +169,7 @@ def simulate_call(ctx, number, brand, caller_id, agi_path, hangup_after, fastagi
     sys.exit(0 if session.dialplan_allows else 1)
 
 
-@cli.command()
+@cli.command(short_help='Simulated calls on the embedded sample data.')
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where to build the demo databases (default: a temporary folder)")
 def demo(data_dir):

@@ -9,7 +9,7 @@ import click
 from .context import pass_ctx
 
 
-@click.command()
+@click.command(short_help="Upgrade the databases' schema step by step.")
 @click.option("--dry-run", is_flag=True, help="show what would be done, change nothing")
 @click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=60, show_default=True,
               metavar="SECONDS", help="how long to wait for a running import's write lock")

@@ -45,12 +45,12 @@ def _fail(cfg, file: Path, exc, move: bool):
     msg = str(exc)
     if move and Path(file).is_file():
         from rpo_guard.sync import quarantine
-        target = quarantine(Path(file), msg, cfg.inbox / "quarantine")
+        target = quarantine(Path(file), msg, cfg.inbox / "quarantine", cfg.timezone)
         msg += f"\n(moved to {target}, reason beside it)"
     raise click.ClickException(msg)
 
 
-@click.command("import-consultation")
+@click.command("import-consultation", short_help='Import a consultation result of the register.')
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--date", "date_text", metavar="YYYY-MM-DD",
               help="the day the register was consulted (else the manifest FILE.manifest.json; never today by default)")
@@ -80,7 +80,7 @@ def import_consultation(ctx, file, date_text, brand, shape, sent, source, skip_i
     click.echo(result.message)
 
 
-@click.command("import-consents")
+@click.command("import-consents", short_help='Upsert the consent log (CSV or JSON Lines).')
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--source", default=None, help="a [source NAME] of the config (encoding, delimiter)")
 @click.option("--quarantine", "move", is_flag=True, help="on rejection, move FILE to the inbox's quarantine/")
@@ -98,16 +98,18 @@ def import_consents(ctx, file, source, move, quiet):
     click.echo(result.message)
 
 
-@click.command("import")
+@click.command("import", short_help='Apply a do-not-contact file (CSV or JSON Lines).')
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--source", default=None, help="a [source NAME] of the config (encoding, delimiter)")
 @click.option("--quarantine", "move", is_flag=True, help="on rejection, move FILE to the inbox's quarantine/")
+@click.option("--quiet", is_flag=True, help="no progress bar")
 @pass_ctx
-def dnc_import(ctx, file, move):
+def dnc_import(ctx, file, source, move, quiet):
     """Apply a do-not-contact file (CSV or JSON Lines: number, brand, reason, action add|remove)."""
     from rpo_guard.sync import ImportFailed, import_dnc
 
     try:
-        result = import_dnc(ctx.cfg, file)
+        result = import_dnc(ctx.cfg, file, source=source)
     except ImportFailed as exc:
         _fail(ctx.cfg, file, exc, move)
     click.echo(result.message)
@@ -144,13 +146,13 @@ def status(ctx, as_json):
     word = {0: "OK", 1: "WARNING", 2: "CRITICAL"}[rep["exit"]]
     click.echo(f"{word}: register {rep['database']} on {rep['today']}")
     for b in rep["brands"]:
-        click.echo(f"  brand {b['brand'] or '(shared)'}: {b['numbers_consulted']} numbers consulted, "
+        click.echo(f"  brand {b['brand'] or '(shared)'}: {b['numbers_consulted']} number{'' if b['numbers_consulted'] == 1 else 's'} consulted, "
                    f"{b['registered']} registered; valid consultations {b['valid_consultations']} "
                    f"(newest {b['newest_valid'] or '-'}, oldest {b['oldest_valid'] or '-'}); "
                    f"{b['expiring_within_3_days']} expire within 3 days; consents {b['consents']}, "
                    f"DNC {b['dnc_active']}")
     li = rep["last_import"]
-    click.echo(f"  last import: {li['at']} {li['kind']} {li['file']} ({li['rows']} rows)" if li else
+    click.echo(f"  last import: {li['at']} {li['kind']} {li['file']} ({li['rows']} row{'' if li['rows'] == 1 else 's'})" if li else
                "  last import: none")
     for f in rep["failed_since_last_success"]:
         click.echo(f"  FAILED {f['at']} {f['kind']} {f['file']}: {f['error']}")
@@ -163,7 +165,7 @@ def status(ctx, as_json):
     sys.exit(rep["exit"])
 
 
-@click.command()
+@click.command(short_help='Import what lands in the inbox (foreground).')
 @click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="the folder to watch (default: [sync] inbox)")
 @click.option("--polling", is_flag=True, default=None, help="poll instead of inotify (NFS/CIFS)")

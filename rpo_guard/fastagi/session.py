@@ -166,7 +166,10 @@ class Session(asyncio.Protocol):
         # Bounded by the audit log's own lock timeout plus a margin, not by the lookup
         # deadline: an answer given before the commit could contradict the row written.
         self.expires = srv.loop.time() + srv.audit_wait
-        srv.audit.submit(audit_row(outcome, env, dialed, brand, callerid_arg, started, "fastagi"), self.audited)
+        # `rpo-guard simulate-call --fastagi` asks for agi://HOST:PORT/rpo_guard?simulate=1
+        simulated = "simulate=1" in env.get("agi_network_script", "").partition("?")[2].split("&")
+        srv.audit.submit(audit_row(outcome, env, dialed, brand, callerid_arg, started,
+                                   "simulate" if simulated else "fastagi"), self.audited)
 
     def audited(self, audit_id, error) -> None:
         if self.state != AUDITING:

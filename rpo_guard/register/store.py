@@ -64,12 +64,17 @@ class Store:
     def __init__(self, path: str, busy_timeout_ms: int = 1000):
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise StoreError(f"{path}: register database not found")
+            raise StoreError(self._why_missing(path))
         self.path = path
         self.conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True,
                                     timeout=busy_timeout_ms / 1000, check_same_thread=False,
                                     isolation_level=None)
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        try:
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            self.conn.close()
+            from rpo_guard.perms import access_denied
+            raise StoreError(f"{path}: {access_denied(path) or exc}") from None
         if version != SCHEMA_VERSION:
             self.conn.close()
             raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION} "
@@ -79,6 +84,13 @@ class Store:
         # PRAGMA data_version says no other connection has committed since.
         self._shared: dict = {}
         self._shared_version = None
+
+    @staticmethod
+    def _why_missing(path: str) -> str:
+        """"not found", or the permission problem that makes the file look missing."""
+        from rpo_guard.perms import access_denied
+        denied = access_denied(path)
+        return f"{path}: {denied}" if denied else f"{path}: register database not found"
 
     def close(self) -> None:
         self.conn.close()

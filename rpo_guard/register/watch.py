@@ -74,7 +74,7 @@ class Inbox:
         try:
             man = read_manifest(path)
         except ImportFailed as exc:
-            target = quarantine(path, str(exc), self.quarantine)
+            target = quarantine(path, str(exc), self.quarantine, self.cfg.timezone)
             return self._say(f"quarantined {path.name} -> {target}: {exc}")
         if man is None:
             # the file's age, not the watcher's memory: `watch --once` from cron decides the same
@@ -82,17 +82,17 @@ class Inbox:
                 return None  # the manifest may still be on its way
             target = quarantine(path, f"{path}: no manifest {path.name}{MANIFEST_SUFFIX} arrived within "
                                       f"{self.cfg.manifest_wait_seconds} s (it gives the consultation date)",
-                                self.quarantine)
+                                self.quarantine, self.cfg.timezone)
             return self._say(f"quarantined {path.name} -> {target}: no manifest")
         sent = man.get("sent")
         try:
             result = import_file(self.cfg, path, who=self.who)
         except ImportFailed as exc:
-            target = quarantine(path, str(exc), self.quarantine)
+            target = quarantine(path, str(exc), self.quarantine, self.cfg.timezone)
             return self._say(f"quarantined {path.name} -> {target}: {exc}")
-        target = move_done(path, self.done)
+        target = move_done(path, self.done, self.cfg.timezone)
         if sent and Path(sent).is_file() and Path(sent).parent.resolve() == self.folder.resolve():
-            move_done(Path(sent), self.done)
+            move_done(Path(sent), self.done, self.cfg.timezone)
         return self._say(f"{result.message} -> {target}")
 
     def _say(self, text: str) -> str:

@@ -287,7 +287,7 @@ def calling_hours_problem(when: CallTime | None, policy: Policy = Policy()) -> V
 
 
 def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
-    """Decide one call. The rules, in order (README, "The rules"):
+    """Decide one call. The rules, in order (the RULES table below; docs/dialplan.md):
 
     1. the dialed string is not a valid number           -> BLOCK invalid_number
     2. on the internal do-not-contact list (global/brand) -> BLOCK internal_dnc
@@ -391,3 +391,79 @@ def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
     basis["registered_by"] = registered_on.isoformat()
     return _block(RPO_REGISTERED, f"registered in the RPO (known by {registered_on}); "
                   "no consent for this brand given after that day", **basis)
+
+
+# -- the rules table: the one source of their numbers and texts -------------------
+# `audit show`, the HTML report and docs/dialplan.md ("The rules") render from it;
+# tests/test_rules_table.py fails when a reason code has no entry or the docs drift.
+
+class Rule(namedtuple("Rule", "number decision text source")):
+    """One rule: its number in the order :func:`decide` applies them, the decision, what it
+    says, and where it comes from."""
+    __slots__ = ()
+
+
+RULES: dict[str, Rule] = {
+    INVALID_NUMBER: Rule("1", BLOCK, "the dialed string is not a valid phone number (or is ambiguous)",
+                         "fail closed: nothing can be checked about it"),
+    INTERNAL_DNC: Rule("2", BLOCK, "the number is on the internal do-not-contact list, globally or for the brand",
+                       "the operator's do-not-contact list must stop every later call (GDPR art. 21; Garante decisions)"),
+    OPTOUT: Rule("3", BLOCK, "the consent log holds an opt-out for the brand (or for every brand) not followed by "
+                             "a newer consent, nor by a callback request still in its window",
+                 "a request to stop calling (GDPR art. 21(3))"),
+    SILENT_CALL_COOLDOWN: Rule("4", BLOCK, "a silent call reached the number on day D and today is "
+                                           "D … D + `silent_call_days` (7), any brand",
+                               "Garante, general measure n. 83 of 20 Feb 2014 (silent calls)"),
+    CALLER_ID_NOT_ALLOWED: Rule("5", BLOCK, "the caller ID is hidden; or not declared for the brand; or (no list "
+                                            "for the brand) not an Italian geographic, mobile, 0843 or 0844 number",
+                                "Codice di condotta art. 7 (ROC-declared, recallable numbers); AGCOM 156/18/CIR"),
+    OUTSIDE_CALLING_HOURS: Rule("6", BLOCK, "Sunday, national or configured local holiday, or outside the window: "
+                                            "Mon–Fri 09:00–20:00; Saturdays and days before a holiday 10:00–19:00 "
+                                            "(end excluded, Europe/Rome)",
+                                "Codice di condotta telemarketing (Garante, 7 Mar 2024; from 28 Sep 2024)"),
+    CONTRACT: Rule("7", ALLOW, "a contract with the brand is in force, or ended at most `contract_grace_days` (30) ago",
+                   "Legge 5/2018 art. 1(5): the contract exception, up to 30 days after its end"),
+    CALLBACK_REQUEST: Rule("8", ALLOW, "a `callback_request` for the brand given at most `callback_days` (7) ago, "
+                                       "its day included, not revoked since",
+                           "Codice di condotta art. 10(3): call-backs the person asked for"),
+    NOT_CONSULTED: Rule("9", BLOCK, "no consultation of the register covers the number (consulted for the brand, "
+                                    "or shared)",
+                        "DPR 26/2022 art. 8: consult the register before calling; fail closed"),
+    CONSULTATION_EXPIRED: Rule("10", BLOCK, "the newest consultation is older than `validity_days` (15, its own "
+                                            "day included), or dated in the future",
+                               "DPR 26/2022 art. 8(2): a consultation is valid 15 days for calls"),
+    CONSENT: Rule("11a", ALLOW, "registered, and a consent for the brand was given on a day after the "
+                                "registration, not revoked since",
+                  "Legge 5/2018 art. 1(5): consents given after the registration stay valid"),
+    CONSENT_REVOKED: Rule("11b", BLOCK, "registered, and the newest such consent was revoked on or after its day",
+                          "GDPR art. 7(3): a withdrawn consent"),
+    RPO_REGISTERED: Rule("11c", BLOCK, "registered, otherwise (registration revokes every earlier consent)",
+                         "Legge 5/2018 art. 1(5): registration revokes earlier consents"),
+    NOT_REGISTERED: Rule("12", ALLOW, "not registered at the newest consultation", "DPR 26/2022"),
+    ERROR: Rule("–", BLOCK, "anything went wrong gathering the facts", "fail closed"),
+}
+
+
+def rule_line(reason: str) -> str:
+    """One reason's rule in words, for `audit show`."""
+    r = RULES.get(reason)
+    if r is None:
+        return f"unknown reason code {reason!r}"
+    verdict = "allowed" if r.decision == ALLOW else "refused"
+    head = "fail closed" if r.number == "–" else f"rule {r.number}"
+    return f"{head}: {r.text}; the call is {verdict}. Source: {r.source}."
+
+
+def rules_markdown() -> str:
+    """The rules as the Markdown table of docs/dialplan.md, in the order they apply."""
+    rows = ["| # | rule | decision | reason | source |", "|---|---|---|---|---|"]
+    for reason, r in RULES.items():
+        rows.append(f"| {r.number} | {r.text} | {r.decision} | `{reason}` | {r.source} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m rpo_guard.rules.decision --markdown
+    import sys
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m rpo_guard.rules.decision --markdown")
+    print(rules_markdown())

@@ -147,6 +147,9 @@ def test_verify_and_digest_commands(filled, tmp_path):
     out = run(filled, "verify", "--json", code=1).stdout
     assert json.loads(out)["problem"] == {"kind": "edited", "row_id": 123,
                                           "message": "row 123 no longer matches its hash: its content was changed"}
+    # the head is the last intact row's hash, not the genesis zeros
+    intact = w.execute("SELECT hash FROM attempts WHERE id = 122").fetchone()[0]
+    assert (json.loads(out)["last_id"], json.loads(out)["head_hash"]) == (122, intact) and intact != "0" * 64
     # an unreadable key is an error, never a silently unsigned digest
     filled.write_config(f"[audit]\ndigest_key_file = {tmp_path / 'missing.key'}\n")
     assert "digest_key_file" in run(filled, "digest", "--date", "2026-10-02", code=1).output
@@ -225,14 +228,14 @@ def test_show_explains_each_kind_of_basis(env):
 
     text = run(env, "show", str(ids["consent"])).stdout
     assert f"Attempt {ids['consent']}: ALLOWED (ALLOW consent)" in text
-    assert "rule 7:" in text and "evidence ev-0" in text and "consents.csv line 2" in text
+    assert "rule 11a: registered, and a consent for the brand" in text and "evidence ev-0" in text and "consents.csv line 2" in text
     text = run(env, "show", str(ids["free"])).stdout
-    assert "rule 8:" in text and f"register consulted on {days(2)}" in text and "shared by every brand" in text
+    assert "rule 12: not registered at the newest consultation" in text and f"register consulted on {days(2)}" in text and "shared by every brand" in text
     assert "imported by test" in text and "sha256" in text
     text = run(env, "show", str(ids["dnc"])).stdout
-    assert "REFUSED (BLOCK internal_dnc)" in text and "asked never to be called again" in text
+    assert "REFUSED (BLOCK internal_dnc)" in text and "rule 2: the number is on the internal do-not-contact list" in text and "asked never to be called again" in text
     text = run(env, "show", str(ids["bad"])).stdout
-    assert "rule 1:" in text and "'12' (not a valid number)" in text
+    assert "rule 1: the dialed string is not a valid phone number" in text and "'12' (not a valid number)" in text
     assert "matches the content" in text and "links to row" in text
     # without the register database the audit row alone still explains the attempt
     os.rename(env.cfg.register_db, env.root / "elsewhere.db")

@@ -89,3 +89,54 @@ def test_report_renders_in_headless_chromium(filled, tmp_path):
     for reason in present:
         # bars, not just the 12x12 legend swatch
         assert colours[COLOURS[reason].lstrip("#")] > 1000, (reason, colours[COLOURS[reason].lstrip("#")])
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def test_each_reason_has_a_colour_of_its_own():
+    """Every reason code (conduct ones and invalid_number included) has its colour, and no two
+    are near: at least 60 apart in RGB space, and none a grey but error's black."""
+    from itertools import combinations
+    from math import dist
+
+    from rpo_guard.rules.decision import REASONS
+    assert set(COLOURS) == set(REASONS)
+    near = [(a, b, round(dist(_rgb(COLOURS[a]), _rgb(COLOURS[b]))))
+            for a, b in combinations(sorted(COLOURS), 2) if dist(_rgb(COLOURS[a]), _rgb(COLOURS[b])) < 60]
+    assert not near, near
+    greys = [r for r, c in COLOURS.items() if r != "error" and max(_rgb(c)) - min(_rgb(c)) < 24]
+    assert not greys, greys
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                    reason=f"{CHROMIUM} not found: the HTML report is not checked in a real browser here "
+                           "(install the Debian package `chromium` to run this test)")
+def test_every_reason_shows_in_its_own_colour_in_chromium(env, tmp_path):
+    """A log holding every reason: each one's colour covers bars in the screenshot."""
+    from datetime import datetime
+
+    from audit_helpers import ROME
+    from rpo_guard.audit.log import AuditLog
+    from rpo_guard.rules.decision import REASONS, RULES
+    env.data.mkdir(parents=True)
+    log = AuditLog(env.cfg.audit_db)
+    rows = []
+    for day in (1, 2, 3):
+        for k, reason in enumerate(sorted(REASONS)):
+            for j in range(20):
+                at = datetime(2026, 10, day, 9 + j % 8, k, tzinfo=ROME)
+                rows.append(make_row(len(rows), at=at, reason=reason, decision=RULES[reason].decision,
+                                     e164="+390612345678"))
+    try:
+        log.append_many(rows)
+    finally:
+        log.close()
+    page = tmp_path / "report.html"
+    report(env, page)
+    shot = tmp_path / "report.png"
+    _chromium(["--window-size=1100,900", f"--screenshot={shot}", page.resolve().as_uri()], tmp_path)
+    _w, _h, colours = colour_counts(shot.read_bytes())
+    thin = {r: colours[COLOURS[r].lstrip("#")] for r in REASONS if colours[COLOURS[r].lstrip("#")] < 1000}
+    assert not thin, f"reasons whose colour covers no bar in the screenshot: {thin}"
