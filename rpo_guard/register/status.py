@@ -1,6 +1,8 @@
 """Freshness of the register, per brand: what `rpo-guard status` and monitoring report."""
 from __future__ import annotations
 
+import os
+
 import sqlite3
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -27,11 +29,15 @@ def status_report(cfg, today: date | None = None) -> dict:
 
     today = today or datetime.now(ZoneInfo(cfg.timezone)).date()
     path = cfg.register_db
-    if not Path(path).is_file():
-        raise ImportFailed(f"{path}: register database not found (run `rpo-guard init`)")
+    if not os.path.isfile(path):  # False too when a folder on the way cannot be searched
+        denied = perms.access_denied(path)
+        raise ImportFailed(f"{path}: {denied}" if denied else f"{path}: register database not found (run `rpo-guard init`)")
     conn = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True, timeout=5)
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            raise ImportFailed(f"{path}: {perms.access_denied(path) or exc}") from None
         schema_problem = "" if version == SCHEMA_VERSION else (
             f"schema version {version}, this rpo_guard needs {SCHEMA_VERSION}: every call is blocked"
             + (" (run `rpo-guard migrate`)" if version < SCHEMA_VERSION else " (upgrade rpo_guard)"))

@@ -55,3 +55,10 @@ def test_failure_log_names_the_permission_problem(locked, tmp_path):
     log = locked.failures.read_text()
     assert f"permission denied: {locked.data} is daemon:daemon 0750" in log, log
     assert "audit log" in log and "unwritable (permission denied" in log, log
+
+
+def test_status_says_permission_denied(locked):
+    r = subprocess.run([*NO_DAC, str(Path(sys.executable).parent / "rpo-guard"), "--config", str(locked.conf),
+                        "status"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3  # UNKNOWN for monitoring
+    assert "UNKNOWN:" in r.stderr and "permission denied" in r.stderr and "not found" not in r.stderr, r.stderr
