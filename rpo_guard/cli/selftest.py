@@ -9,7 +9,7 @@ import click
 from .context import pass_ctx
 
 
-@click.command()
+@click.command(short_help="Check the guard end to end in the running Asterisk.")
 @click.option("--asterisk", "binary", default="asterisk", metavar="PATH", show_default=True,
               help="the asterisk binary whose control socket is used (asterisk -rx)")
 @click.option("-C", "--asterisk-conf", "asterisk_conf", default=None, metavar="PATH",
