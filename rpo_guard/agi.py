@@ -79,8 +79,9 @@ def _make_agi():
 def _tell_asterisk(agi, message: str) -> None:
     """A line in Asterisk's own log (VERBOSE, level 1): where an admin looks first when
     there is no configuration saying where failures go. Only characters that cannot break
-    the command line are kept."""
-    text = "".join(c if c.isalnum() or c in " _-.,:;/=()'[]+@" else "?" for c in message)[:400]
+    the command line are kept (ASCII letters, digits and a few signs; no quote, backslash
+    or newline)."""
+    text = "".join(c if (c.isascii() and c.isalnum()) or c in " _-.,:;/=()'[]+@" else "?" for c in message)[:400]
     try:
         agi.verbose(text, 1)
     except Exception:

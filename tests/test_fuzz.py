@@ -16,7 +16,8 @@ from rpo_guard import config as config_mod
 from rpo_guard.harness import Channel, encode_env, run_process_agi
 from rpo_guard.rules.numbers import InvalidNumber, candidate_e164, normalize
 
-SAFE_LINE = re.compile(r'SET VARIABLE "RPO_(RESULT|REASON|AUDIT_ID)" "[A-Za-z0-9_]{1,64}"')
+SAFE_LINE = re.compile(r'SET VARIABLE "RPO_(RESULT|REASON|AUDIT_ID)" "[A-Za-z0-9_]{1,64}"'
+                       r"""|VERBOSE "[A-Za-z0-9 _\-.,:;/=()'\[\]+@?]{0,400}" 1""")  # the configuration failure line
 dialish = st.text(alphabet="0123456789+ -.()#*39\"'\n\r\t\x00abcé", max_size=30)
 
 
