@@ -124,10 +124,12 @@ def audit_locked(env):
         holder.close()
 
 
-def wait_for_agi(number: str, timeout: float = 20) -> list[int]:
+def wait_for_agi(sandbox, number: str, timeout: float = 20) -> list[int]:
+    """The AGI processes for ``number`` that this sandbox's Asterisk started (its children only)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        out = subprocess.run(["pgrep", "-f", rf"rpo(-guard-agi|_guard\.agi) {number}"], capture_output=True, text=True)
+        out = subprocess.run(["pgrep", "-P", str(sandbox.proc.pid), "-f", rf"rpo(-guard-agi|_guard\.agi) {number}"],
+                             capture_output=True, text=True)
         pids = [int(p) for p in out.stdout.split()]
         if pids:
             return pids
@@ -140,7 +142,7 @@ def test_agi_killed_mid_check(asterisk_sandbox, data, tmp_path):
     asterisk_sandbox.load_dialplan(standard_dialplan(agi=agi_path()))
     with audit_locked(data):
         c = place(asterisk_sandbox, "agi", FREE, "Energia Uno", data.conf, callerid=ROME_LINE)
-        for pid in wait_for_agi(FREE):
+        for pid in wait_for_agi(asterisk_sandbox, FREE):
             os.kill(pid, signal.SIGKILL)
         outcome = asterisk_sandbox.wait_for(c)
     assert (outcome["AGISTATUS"], outcome["RPO_RESULT"], outcome["RPO_REASON"]) == \
@@ -334,7 +336,7 @@ def test_caller_hangs_up_mid_check(asterisk_sandbox, data, front):
         with audit_locked(data):
             c = place(asterisk_sandbox, front, FREE, "Energia Uno", data.conf, callerid=ROME_LINE)
             if front == "agi":
-                wait_for_agi(FREE)
+                wait_for_agi(asterisk_sandbox, FREE)
             time.sleep(0.5)
             asterisk_sandbox.hangup(c)
             time.sleep(0.5)

@@ -121,7 +121,7 @@ def test_agi_killed_mid_call(data):
     deadline = time.time() + 10
     pids = []
     while time.time() < deadline and not pids:
-        out = subprocess.run(["pgrep", "-f", r"rpo(-guard-agi|_guard\.agi) 3331234567"], capture_output=True, text=True)
+        out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", r"rpo(-guard-agi|_guard\.agi) 3331234567"], capture_output=True, text=True)
         pids = [int(p) for p in out.stdout.split()]
         time.sleep(0.05)
     for pid in pids:
