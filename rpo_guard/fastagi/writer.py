@@ -42,8 +42,9 @@ class AuditWriter:
     the loop goes on answering.
     """
 
-    def __init__(self, cfg, loop: asyncio.AbstractEventLoop):
+    def __init__(self, cfg, loop: asyncio.AbstractEventLoop, inflight=None):
         self.cfg = cfg
+        self.inflight = inflight  # attempts in flight (attempt caps): released once their rows are committed
         self.loop = loop
         self._pending: list = []
         self._scheduled = False
@@ -57,9 +58,11 @@ class AuditWriter:
         self.more_coming = lambda: False  # set by the server: whether enough calls are in flight to wait
         self.checkpointer = Checkpointer(cfg)
 
-    def submit(self, row: dict, done) -> None:
-        """Queue ``row``; ``done(audit_id, None)`` or ``done(None, error_text)`` follows."""
-        self._pending.append((row, done))
+    def submit(self, row: dict, done, held=None) -> None:
+        """Queue ``row``; ``done(audit_id, None)`` or ``done(None, error_text)`` follows.
+        ``held``: the attempt the row's lookup reserved (``fastagi.attempts``), released
+        when the row is committed (it is counted from audit.db then) or has failed."""
+        self._pending.append((row, done, held))
         if not self._scheduled:
             if self.more_coming():
                 self._scheduled = True
@@ -99,10 +102,19 @@ class AuditWriter:
             return
         try:
             batch, self._pending = self._pending, []
-            ids, error = self._write([row for row, _ in batch])
+            if self.inflight is None:
+                ids, error = self._write([row for row, _, _ in batch])
+            else:
+                # commit and release under the counters' lock: no lookup counts a row
+                # twice (committed and in flight) or not at all
+                with self.inflight.lock:
+                    ids, error = self._write([row for row, _, _ in batch])
+                    for _, _, held in batch:
+                        if held is not None:
+                            self.inflight.release(held)
         finally:
             lock.release()
-        for i, (_, done) in enumerate(batch):
+        for i, (_, done, _) in enumerate(batch):
             try:
                 done(None, error) if error is not None else done(ids[i], None)
             except Exception as exc:  # a session's bug must not cost the others their answer
