@@ -476,6 +476,12 @@ def load(explicit: str | None = None, skip: tuple[str, ...] = ()) -> Config:
             except (ValueError, LookupError) as exc:
                 where = f"{path}: [{section}] {key}" if path else f"[{section}] {key}"
                 raise ConfigError(f"{where} = {text!r}: {exc}") from None
+    windows = [b.get("attempt_window_days", 30) for b in brands.values() if b.get("max_attempts")]
+    if values.get("attempt_max"):
+        windows.append(values["attempt_window_days"])
+    if windows and values.get("retention_days") and values["retention_days"] < max(windows):
+        raise ConfigError(f"{path}: [audit] retention_days = {values['retention_days']} is shorter than an attempt "
+                          f"cap's window ({max(windows)} days): pruned attempts would not be counted")
     return Config(path=path, sources=sources, brands=brands, **values)
 
 

@@ -174,6 +174,8 @@ def write(tmp_path, text):
     ("[attempts]\nwindow_days = 0\n", ["[attempts] window_days"]),
     ("[attempts]\nscope = everyone\n", ["[attempts] scope", "everyone"]),
     ("[attempts]\nmax_attempt = 3\n", ["[attempts]", "unknown key", "max_attempt"]),
+    ("[audit]\nretention_days = 20\n[brand X]\nmax_attempts = 3\n", ["retention_days = 20", "30 days"]),
+    ("[audit]\nretention_days = 6\n[attempts]\nmax_attempts = 3\nwindow_days = 7\n", ["retention_days = 6"]),
 ])
 def test_bad_brand_settings_name_file_section_and_key(tmp_path, text, words):
     with pytest.raises(config_mod.ConfigError) as exc:
