@@ -4,12 +4,19 @@ An allowed attempt is in flight from the moment its lookup allows it until
 the writer has committed (or failed to write) its row: the group commit holds
 rows back for up to a millisecond, and a second call to the same number
 checked meanwhile must count the first, or both could pass at N-1. The count
-a lookup sees is the committed rows (``audit.attempts.count_allowed``, on the
-lookup thread's own read-only connection to audit.db) plus the rows in
-flight, and the allowed attempt is reserved (``hold``) under the same lock;
+a lookup sees is the committed rows (``audit.attempts.count_allowed``) plus
+the rows in flight, and the allowed attempt is reserved (``hold``) under the same lock;
 the writer commits and releases under that lock too, so a row is never
 counted twice nor missed. In the loop (``lookup_threads = 0``) the lock is
 never contended; with worker threads it orders their counts.
+
+Where the committed rows are counted: in the loop, on the writer's own
+connection (:meth:`AuditWriter.connection`). A connection's page cache
+survives its own commits but not another connection's, so a separate reader
+would read the e164 index's pages again after every group commit (about 60 us
+a count with a 1,000,000-row log, against about 15 on the writer's warm
+cache; bench/brand_policies.py). Worker threads cannot share that connection
+and count on read-only connections of their own.
 """
 from __future__ import annotations
 
@@ -62,13 +69,15 @@ class InFlight:
 class ServerAttempts:
     """What :func:`rpo_guard.guard.check_call` counts with in the server (one per lookup thread)."""
 
-    def __init__(self, inflight: InFlight, conn):
+    def __init__(self, inflight: InFlight, conn=None, writer=None):
         self.inflight = inflight
         self.lock = inflight.lock
-        self.conn = conn
+        self.conn = conn        # a read-only connection of a lookup thread, or
+        self.writer = writer    # the AuditWriter, whose connection the loop counts on
 
     def count(self, e164: str, brand: str | None, since: date) -> int:
-        return count_allowed(self.conn, e164, brand, since) + self.inflight.count(e164, brand)
+        conn = self.conn if self.writer is None else self.writer.connection()
+        return count_allowed(conn, e164, brand, since) + self.inflight.count(e164, brand)
 
     def hold(self, e164: str, brand: str):
         return self.inflight.hold(e164, brand)

@@ -46,6 +46,11 @@ class RegisterReader:
         from rpo_guard.audit.attempts import AttemptCounter
         from .attempts import ServerAttempts
         cfg = srv.cfg
+        if not cfg.lookup_threads:  # in the loop: the writer's own connection
+            if srv.audit is None:
+                return None  # the warm-up lookup, before the writer exists
+            self.counter, self.counter_generation = ServerAttempts(srv.inflight, writer=srv.audit), srv.generation
+            return self.counter
         try:
             busy = cfg.busy_timeout_ms if cfg.lookup_threads else min(cfg.busy_timeout_ms, cfg.deadline_ms)
             conn = AttemptCounter.open_readonly(cfg.audit_db, busy).conn
@@ -57,7 +62,7 @@ class RegisterReader:
                 log_failure(message, cfg.log_file)
             return None
         self.counter_error = ""
-        if self.counter is not None:
+        if self.counter is not None and self.counter.conn is not None:
             with suppress(Exception):
                 self.counter.conn.close()
         self.counter = ServerAttempts(srv.inflight, conn)

@@ -207,7 +207,7 @@ class FastAGIServer:
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         if self.inflight is not None:
-            # the lookups count attempts on read-only connections to audit.db: make it exist
+            # lookup threads count attempts on read-only connections to audit.db: make it exist
             from rpo_guard.audit.log import AuditLog
             AuditLog(self.cfg.audit_db, self.cfg.audit_busy_timeout_ms, self.cfg.file_mode,
                      synchronous=self.cfg.synchronous, group=self.cfg.group).close()

@@ -72,6 +72,22 @@ class AuditWriter:
         elif len(self._pending) >= BATCH_MAX and self._timer is not None:
             self.flush_soon()
 
+    def connection(self):
+        """The writer's connection to audit.db, opened if need be (the loop counts attempts on
+        it: its page cache survives its own commits). Raises when audit.db cannot be opened."""
+        if self._log is None or self._reopen:
+            self._open()
+        return self._log.conn
+
+    def _open(self) -> None:
+        from rpo_guard.audit.log import AuditLog
+        self._reopen = False
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._log = AuditLog(self.cfg.audit_db, self.cfg.audit_busy_timeout_ms, self.cfg.file_mode,
+                             synchronous=self.cfg.synchronous)
+
     def flush_soon(self) -> None:
         """Commit at the next loop iteration instead of at the end of the window."""
         if self._timer is not None:
@@ -131,16 +147,9 @@ class AuditWriter:
 
     def _write(self, rows):
         """(ids, None) or (None, error text)."""
-        from rpo_guard.audit.log import AuditLog
-
         try:
-            if self._log is not None and self._reopen:
-                self._reopen = False
-                self._log.close()
-                self._log = None
-            if self._log is None:
-                self._log = AuditLog(self.cfg.audit_db, self.cfg.audit_busy_timeout_ms, self.cfg.file_mode,
-                                     synchronous=self.cfg.synchronous)
+            if self._log is None or self._reopen:
+                self._open()
             self.checkpointer.take_over(self._log.conn)
             ids = self._log.append_many(rows)
         except Exception as exc:
