@@ -1,5 +1,9 @@
 """The dial-time decision: a pure function of the facts about one call.
 
+It reads best whole: the order of the rules is the decision (first match
+wins, and each rule's place is argued in :func:`decide`), and the facts, the
+policy and the rules that read them are meant to be read side by side.
+
 No I/O happens here: no SQLite, no Asterisk, no clock. The adapters (the
 store, the AGI, the FastAGI server, the CLI) gather the facts and hand them to
 :func:`decide`; what it returns is the whole answer, including the record
