@@ -6,7 +6,7 @@ that number. The window is counted in calendar days of the rules' timezone:
 the rows' ``at`` is ISO 8601 in that timezone, so its first ten characters
 are the local date and ``at >= 'YYYY-MM-DD'`` holds exactly for the rows of
 that day and after. Only ``ALLOW`` rows count: a refused attempt reached no
-one. Any failure to read raises (``sqlite3.Error``); the caller refuses the
+one, and neither did the test calls of simulate-call and selftest. Any failure to read raises (``sqlite3.Error``); the caller refuses the
 call (BLOCK/error).
 """
 from __future__ import annotations
@@ -16,7 +16,10 @@ import sqlite3
 from contextlib import nullcontext
 from datetime import date
 
-_COUNT = "SELECT count(*) FROM attempts WHERE e164 = ? AND decision = 'ALLOW' AND at >= ?"
+# The test calls of `rpo-guard simulate-call` (via 'simulate') and `rpo-guard selftest` (via
+# '<front>-selftest') reached no one: they are not attempts (audit/query.py leaves them out too).
+_COUNT = ("SELECT count(*) FROM attempts WHERE e164 = ? AND decision = 'ALLOW' AND at >= ? "
+          "AND coalesce(via, '') != 'simulate' AND coalesce(via, '') NOT LIKE '%-selftest'")
 _COUNT_BRAND = _COUNT + " AND brand = ?"
 
 
