@@ -125,6 +125,19 @@ def run(argv: list[str]) -> int:
         _tell_asterisk(agi, f"rpo-guard: call refused, configuration unusable: {exc}")
     log_file = cfg.log_file if cfg else None
 
+    log = attempts = policy = None
+    if cfg is not None:
+        policy = cfg.policy_for(brand)
+        if policy.attempt_caps:
+            # The attempts are counted on the connection the row is then appended with
+            # (it creates audit.db when missing); without it the cap refuses (BLOCK/error).
+            try:
+                log = _open_audit(cfg)
+                from rpo_guard.audit.attempts import AttemptCounter
+                attempts = AttemptCounter(log.conn)
+            except Exception as exc:
+                log_failure(f"audit log {cfg.audit_db} (attempt caps): {type(exc).__name__}: {exc}", log_file)
+
     if cfg is None:
         from datetime import datetime, timezone
         outcome = Outcome(error_verdict("configuration unusable"), None, datetime.now(timezone.utc))
@@ -137,7 +150,7 @@ def run(argv: list[str]) -> int:
             log_failure(f"register database {cfg.register_db}: {type(exc).__name__}: {exc}", log_file)
         caller_id = callerid_arg if callerid_arg is not None else env.get("agi_callerid", "")
         outcome = check_call(cfg, store, dialed, brand, simulated_at, caller_id=caller_id,
-                             callingpres=env.get("agi_callingpres", ""))
+                             callingpres=env.get("agi_callingpres", ""), policy=policy, attempts=attempts)
         if store is not None:
             store.close()
     verdict = outcome.verdict
@@ -154,9 +167,8 @@ def run(argv: list[str]) -> int:
     try:
         if cfg is None:
             raise RuntimeError("no configuration, no audit log")
-        from rpo_guard.audit.log import AuditLog
-        log = AuditLog(cfg.audit_db, cfg.audit_busy_timeout_ms, cfg.file_mode, synchronous=cfg.synchronous,
-                       group=cfg.group)
+        if log is None:
+            log = _open_audit(cfg)
         try:
             audit_id = str(log.append(row))
         finally:
@@ -183,6 +195,12 @@ def run(argv: list[str]) -> int:
         log_failure(f"AGI stream broken while answering {result}/{reason}: {type(exc).__name__}: {exc}", log_file)
         return 1
     return 0
+
+
+def _open_audit(cfg):
+    from rpo_guard.audit.log import AuditLog
+    return AuditLog(cfg.audit_db, cfg.audit_busy_timeout_ms, cfg.file_mode, synchronous=cfg.synchronous,
+                    group=cfg.group)
 
 
 USAGE = """usage: rpo-guard-agi [--config=PATH] NUMBER [BRAND [CALLERID]]

@@ -219,6 +219,39 @@ SOURCE_SETTINGS: dict[str, tuple] = {
 }
 
 
+def _purpose(v: str) -> str:
+    v = v.strip().lower()
+    if v not in ("commercial", "statistical", "other"):
+        raise ValueError("must be commercial (0844 range), statistical (0843 range) or other")
+    return v
+
+
+def _scope(v: str) -> str:
+    v = v.strip().lower()
+    if v not in ("number", "brand"):
+        raise ValueError("must be number (every brand's attempts count) or brand (only the call's brand's)")
+    return v
+
+
+# [brand NAME] sections: the policy of one brand (the AGI's BRAND argument, exactly). Every key is
+# optional; a brand without a section, or a key left out, keeps the global behaviour.
+# key -> (parser, default text, meaning)
+BRAND_SETTINGS: dict[str, tuple] = {
+    "require_consent": (_switch, "off", "only a consent, a contract (or one ended within contract_grace_days) or "
+                                        "a callback request allows the brand's calls: reason consent_required "
+                                        "(energy sellers, 2026 DL Bollette conversion law)"),
+    "require_declared_caller_id": (_switch, "off", "the caller ID must be declared for the brand (rpo-guard "
+                                                   "caller-id add); the generic fallback does not apply"),
+    "purpose": (_purpose, "", "commercial, statistical or other: a 0843 (statistics) or 0844 (market research, "
+                              "advertising, sales) caller ID of another purpose is refused (AGCOM 156/18/CIR); "
+                              "empty = not checked"),
+    "max_attempts": (_positive_int, "", "at most this many allowed attempts to one number in attempt_window_days "
+                                        "(reason attempt_cap); empty = no cap of the brand's own"),
+    "attempt_window_days": (_positive_int, "30", "days of the brand's cap: the call's day and the days before it"),
+    "attempt_scope": (_scope, "brand", "whose attempts the brand's cap counts: brand (its own) or number (every brand's)"),
+}
+
+
 # section -> key -> (parser, default text, meaning)
 SETTINGS: dict[str, dict[str, tuple]] = {
     "paths": {
@@ -271,6 +304,12 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "drain_timeout_ms": (_milliseconds, "10000", "on SIGTERM, how long in-flight sessions may take to finish"),
         "event_loop": (_event_loop, "uvloop", "uvloop (libuv, about half the CPU per call) or asyncio (the standard library's loop)"),
     },
+    "attempts": {
+        "max_attempts": (_nonneg_int, "0", "at most this many allowed attempts to one number in window_days, "
+                                           "for every call (reason attempt_cap); 0 = no cap"),
+        "window_days": (_positive_int, "30", "days of the cap: the call's day and the days before it"),
+        "scope": (_scope, "number", "whose attempts count: number (every brand's) or brand (the call's brand's)"),
+    },
     "audit": {
         "retention_days": (_nonneg_int, "0", "`audit prune` without --before removes attempts older than this many days; 0 = keep everything"),
         "synchronous": (_synchronous, "normal", "audit.db durability: normal = a commit survives any crash of the process, the newest ones may be lost on a power cut; full = fsync on every commit, no record lost even then (a call waits longer for the write lock under load)"),
@@ -279,11 +318,23 @@ SETTINGS: dict[str, dict[str, tuple]] = {
 }
 
 
-class Config(namedtuple("Config", ["path"] + [("inbox_dir" if k == "inbox" else k)
-                                            for keys in SETTINGS.values() for k in keys] + ["sources"])):
+# Keys whose attribute on Config has another name (a clearer one out of their section).
+_ATTRIBUTES = {("sync", "inbox"): "inbox_dir", ("attempts", "max_attempts"): "attempt_max",
+               ("attempts", "window_days"): "attempt_window_days", ("attempts", "scope"): "attempt_scope"}
+
+
+def _attribute(section: str, key: str) -> str:
+    return _ATTRIBUTES.get((section, key), key)
+
+
+class Config(namedtuple("Config", ["path"] + [_attribute(section, k) for section, keys in SETTINGS.items()
+                                            for k in keys] + ["sources", "brands"])):
     """The loaded settings, one attribute per key of SETTINGS (``[sync] inbox``
-    is ``inbox_dir``), plus ``path`` (None when the built-in defaults apply)
-    and ``sources`` (name -> {key: parsed value}, from ``[source NAME]``).
+    is ``inbox_dir``; ``[attempts] max_attempts``, ``window_days`` and ``scope``
+    are ``attempt_max``, ``attempt_window_days`` and ``attempt_scope``), plus
+    ``path`` (None when the built-in defaults apply), ``sources`` (name ->
+    {key: parsed value}, from ``[source NAME]``) and ``brands`` (the same, from
+    ``[brand NAME]``).
     Paths are plain strings: pathlib costs milliseconds to import on the
     per-call path."""
     __slots__ = ()
@@ -308,7 +359,34 @@ class Config(namedtuple("Config", ["path"] + [("inbox_dir" if k == "inbox" else 
         return Policy(validity_days=self.validity_days, contract_grace_days=self.contract_grace_days,
                       calling_hours=self.calling_hours, weekday_window=self.weekday_hours,
                       reduced_window=self.reduced_hours, caller_id_check=self.caller_id_check,
-                      silent_call_days=self.silent_call_days, callback_days=self.callback_days)
+                      silent_call_days=self.silent_call_days, callback_days=self.callback_days,
+                      attempt_caps=self._global_caps())
+
+    def _global_caps(self) -> tuple:
+        if not self.attempt_max:
+            return ()
+        from rpo_guard.rules.decision import AttemptCap
+        return (AttemptCap(self.attempt_max, self.attempt_window_days, self.attempt_scope == "brand"),)
+
+    def policy_for(self, brand: str):
+        """The policy of a call for ``brand``: the global one, with the brand's
+        ``[brand NAME]`` settings when it has a section. A brand that sets a
+        caller-ID setting gets the caller-ID rule even with ``[conduct]
+        caller_id_check = off`` (its settings are stricter, never looser)."""
+        policy = self.policy
+        own = self.brands.get((brand or "").strip()) if self.brands else None
+        if not own:
+            return policy
+        caps = policy.attempt_caps
+        if own.get("max_attempts"):
+            from rpo_guard.rules.decision import AttemptCap
+            caps = caps + (AttemptCap(own["max_attempts"], own.get("attempt_window_days", 30),
+                                      own.get("attempt_scope", "brand") == "brand"),)
+        declared = own.get("require_declared_caller_id", False)
+        purpose = own.get("purpose", "")
+        return policy._replace(require_consent=own.get("require_consent", False),
+                               require_declared_caller_id=declared, purpose=purpose, attempt_caps=caps,
+                               caller_id_check=policy.caller_id_check or declared or bool(purpose))
 
 
 def resolve_path(explicit: str | None) -> tuple[str, bool]:
@@ -349,7 +427,24 @@ def load(explicit: str | None = None, skip: tuple[str, ...] = ()) -> Config:
 
     values = {}
     sources: dict[str, dict] = {}
+    brands: dict[str, dict] = {}
     for section in parser.sections():
+        if section.startswith("brand "):
+            name = section[len("brand "):].strip()
+            if not name:
+                raise ConfigError(f"{path}: [{section}] needs a name, e.g. [brand Energia Uno]")
+            parsed = brands.setdefault(name, {})
+            for key in parser[section]:
+                if key not in BRAND_SETTINGS:
+                    raise ConfigError(f"{path}: [{section}] unknown key {key!r} (known: {', '.join(BRAND_SETTINGS)})")
+                text = parser[section][key]
+                try:
+                    parsed[key] = BRAND_SETTINGS[key][0](text)
+                except ValueError as exc:
+                    raise ConfigError(f"{path}: [{section}] {key} = {text!r}: {exc}") from None
+            if ("attempt_window_days" in parsed or "attempt_scope" in parsed) and "max_attempts" not in parsed:
+                raise ConfigError(f"{path}: [{section}] attempt_window_days and attempt_scope need max_attempts")
+            continue
         if section.startswith("source "):
             name = section[len("source "):].strip()
             if not name:
@@ -373,16 +468,21 @@ def load(explicit: str | None = None, skip: tuple[str, ...] = ()) -> Config:
     for section, keys in SETTINGS.items():
         for key, (parse, default, _doc) in keys.items():
             if section in skip:
-                values[key] = None
+                values[_attribute(section, key)] = None
                 continue
             text = parser.get(section, key, fallback=default) if parser.has_section(section) else default
             try:
-                values[key] = parse(text)
+                values[_attribute(section, key)] = parse(text)
             except (ValueError, LookupError) as exc:
                 where = f"{path}: [{section}] {key}" if path else f"[{section}] {key}"
                 raise ConfigError(f"{where} = {text!r}: {exc}") from None
-    values["inbox_dir"] = values.pop("inbox")
-    return Config(path=path, sources=sources, **values)
+    windows = [b.get("attempt_window_days", 30) for b in brands.values() if b.get("max_attempts")]
+    if values.get("attempt_max"):
+        windows.append(values["attempt_window_days"])
+    if windows and values.get("retention_days") and values["retention_days"] < max(windows):
+        raise ConfigError(f"{path}: [audit] retention_days = {values['retention_days']} is shorter than an attempt "
+                          f"cap's window ({max(windows)} days): pruned attempts would not be counted")
+    return Config(path=path, sources=sources, brands=brands, **values)
 
 
 def settings_table() -> str:
@@ -393,4 +493,6 @@ def settings_table() -> str:
             rows.append(f"| `[{section}]` | `{key}` | `{default}` | {doc} |")
     for key, (_p, default, doc) in SOURCE_SETTINGS.items():
         rows.append(f"| `[source NAME]` | `{key}` | `{default}` | {doc} |")
+    for key, (_p, default, doc) in BRAND_SETTINGS.items():
+        rows.append(f"| `[brand NAME]` | `{key}` | `{default}` | {doc} |")
     return "\n".join(rows)

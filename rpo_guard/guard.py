@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 
 from rpo_guard.rules.calendar_it import local_time
 from rpo_guard.rules.callerid import read as read_caller_id
-from rpo_guard.rules.decision import CallFacts, Policy, decide, error_verdict
+from rpo_guard.rules.decision import (AttemptCount, CallFacts, Policy, cap_attempts, decide_rules, error_verdict,
+                                     window_start)
 from rpo_guard.rules.numbers import InvalidNumber, candidate_e164, normalize
 
 RESULT_VALUES = frozenset({"ALLOW", "BLOCK"})
@@ -25,22 +26,49 @@ def safe_value(value: str, allowed: frozenset | None = None) -> bool:
             and value.replace("_", "a").isalnum() and (allowed is None or value in allowed))
 
 
-class Outcome(namedtuple("Outcome", "verdict e164 at")):
+class Outcome(namedtuple("Outcome", "verdict e164 at held", defaults=(None,))):
     """The verdict, the E.164 number (None if invalid) and when the check ran
-    (an aware datetime in the rules' timezone)."""
+    (an aware datetime in the rules' timezone); ``held``: what the attempt
+    counter reserved for this allowed attempt until its row is committed
+    (the FastAGI server's in-flight attempts), else None."""
     __slots__ = ()
+
+
+class AttemptsUnavailable(Exception):
+    """Attempt caps apply, but the attempts cannot be counted: the call is refused."""
+
+
+def count_attempts(attempts, policy: Policy, e164: str, brand: str, today) -> tuple:
+    """One AttemptCount per window the policy's caps need, from ``attempts``
+    (``count(e164, brand or None, since) -> int``: None = every brand)."""
+    counts = []
+    for cap in policy.attempt_caps:
+        since = window_start(today, cap.window_days)
+        if not any(c.per_brand == cap.per_brand and c.since == since for c in counts):
+            counts.append(AttemptCount(cap.per_brand, since,
+                                       attempts.count(e164, brand if cap.per_brand else None, since)))
+    return tuple(counts)
 
 
 def check_call(cfg, store, raw: str, brand: str = "", at: datetime | None = None,
                caller_id: str | None = None, callingpres: str | None = None,
-               policy: Policy | None = None) -> Outcome:
+               policy: Policy | None = None, attempts=None) -> Outcome:
     """Check one call. ``at`` defaults to the clock; ``caller_id`` is the
     presented number (None = not known: the caller-ID rule then blocks unless
-    ``policy`` turns it off); ``callingpres`` is Asterisk's presentation value."""
+    ``policy`` turns it off); ``callingpres`` is Asterisk's presentation value;
+    ``policy`` defaults to the brand's (``cfg.policy_for``).
+
+    ``attempts`` counts the allowed attempts for the attempt caps (an
+    :class:`rpo_guard.audit.attempts.AttemptCounter`, or the FastAGI server's,
+    which adds the attempts still in flight). It is asked only when the brand
+    has a cap and every other rule allows the call; its ``lock`` is held from
+    the count to the reservation (``hold``) of the allowed attempt, so that
+    two calls checked at once cannot both take the last place under a cap.
+    None with a cap to apply refuses the call (BLOCK/error)."""
     at = datetime.now(ZoneInfo(cfg.timezone)) if at is None else local_time(at, cfg.timezone)
     brand = (brand or "").strip()
-    policy = policy or cfg.policy
-    e164 = None
+    policy = policy or cfg.policy_for(brand)
+    e164 = held = None
     try:
         if store is None:
             raise RuntimeError("register database unavailable")
@@ -66,10 +94,18 @@ def check_call(cfg, store, raw: str, brand: str = "", at: datetime | None = None
                                     cfg.silent_call_days, cfg.timezone)
         if e164 is not None and caller_id is not None and policy.caller_id_check:
             facts = facts._replace(caller_id=read_caller_id(caller_id, callingpres, facts.declared_caller_ids))
-        verdict = decide(facts, policy)
+        verdict = decide_rules(facts, policy)
+        if policy.attempt_caps and verdict.allowed:
+            if attempts is None:
+                raise AttemptsUnavailable("attempt caps apply, but the audit log's attempts cannot be counted")
+            with attempts.lock:
+                facts = facts._replace(attempt_counts=count_attempts(attempts, policy, e164, brand, at.date()))
+                verdict = cap_attempts(verdict, facts, policy)
+                if verdict.allowed:
+                    held = attempts.hold(e164, brand)
     except Exception as exc:  # fail closed, whatever went wrong
         verdict = error_verdict(f"{type(exc).__name__}: {exc}")
-    return Outcome(verdict, e164, at)
+    return Outcome(verdict, e164, at, held)
 
 
 # The channels of `rpo-guard selftest`'s calls run in its own context (rpo_guard.selftest.CONTEXT).

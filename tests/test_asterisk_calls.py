@@ -113,9 +113,45 @@ def test_conduct_reasons_through_asterisk(asterisk_sandbox, conduct, front):
         check_outcome(asterisk_sandbox, env, call, outcome, front, dialed, decision, reason)
 
 
+@pytest.fixture(scope="module")
+def brands(tmp_path_factory):
+    """The brand-policy data (tests/brand_policy_table.py) and a FastAGI server on it."""
+    from brand_policy_table import build
+    env = build(tmp_path_factory.mktemp("brands"))
+    server = Server(env.conf)
+    yield env, server
+    server.stop()
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_brand_policy_reasons_through_asterisk(asterisk_sandbox, brands, front):
+    """consent_required, the purpose of the caller ID, and an attempt cap reached at exactly N
+    (the cap's brand allows 2 calls to a number; the third is refused, and so are the next)."""
+    from brand_policy_table import CAPPED, CONSENTED, ENDED_20, ENDED_31, ENERGY, LINE_0843, SALES
+    env, server = brands
+    asterisk_sandbox.load_dialplan(standard_dialplan(agi=agi_path(), fastagi=fastagi_url(server)))
+    capped_number = FREE if front == "agi" else CONSENTED  # each front its own number under the cap
+    cases = [
+        (FREE, ENERGY, ROME_LINE, ("BLOCK", "consent_required")),
+        (ENDED_31, ENERGY, ROME_LINE, ("BLOCK", "consent_required")),
+        (ENDED_20, ENERGY, ROME_LINE, ("ALLOW", "contract")),
+        (CONSENTED, ENERGY, ROME_LINE, ("ALLOW", "consent")),
+        (FREE, SALES, LINE_0843, ("BLOCK", "caller_id_not_allowed")),
+        (capped_number, CAPPED, ROME_LINE, ("ALLOW", "not_registered")),
+        (capped_number, CAPPED, ROME_LINE, ("ALLOW", "not_registered")),
+        (capped_number, CAPPED, ROME_LINE, ("BLOCK", "attempt_cap")),
+        (capped_number, CAPPED, ROME_LINE, ("BLOCK", "attempt_cap")),
+    ]
+    for dialed, brand, cid, (decision, reason) in cases:  # one at a time: the cap's order matters
+        call = place(asterisk_sandbox, front, dialed, brand, env.conf, callerid=cid)
+        outcome = asterisk_sandbox.wait_for(call, timeout=60)
+        check_outcome(asterisk_sandbox, env, call, outcome, front, dialed, decision, reason)
+
+
 def test_every_reason_code_is_covered():
     from rpo_guard.rules.decision import REASONS
     covered = {reason for _, _, _, reason in TABLE} | {
         "caller_id_not_allowed", "callback_request", "silent_call_cooldown", "outside_calling_hours",
+        "consent_required", "attempt_cap",  # test_brand_policy_reasons_through_asterisk
         "error"}  # error: tests/test_asterisk_faults.py
     assert covered == set(REASONS)

@@ -91,7 +91,8 @@ def test_root_options_are_documented():
 
 
 CONFIG_KEYS = [(s, k) for s, keys in config_mod.SETTINGS.items() for k in keys] + \
-              [("source NAME", k) for k in config_mod.SOURCE_SETTINGS]
+              [("source NAME", k) for k in config_mod.SOURCE_SETTINGS] + \
+              [("brand NAME", k) for k in config_mod.BRAND_SETTINGS]
 
 
 @pytest.mark.parametrize("section,key", CONFIG_KEYS, ids=lambda v: v)
@@ -109,7 +110,8 @@ def _sample_keys() -> dict[str, dict[str, str]]:
         ln = raw.lstrip("#").strip() if re.match(r"#\s*\[", raw) or re.match(r"#\s*[a-z_]+ =", raw) else raw.strip()
         m = re.fullmatch(r"\[([^\]]+)\]", ln)
         if m:
-            section = "source NAME" if m.group(1).startswith("source ") else m.group(1)
+            section = ("source NAME" if m.group(1).startswith("source ")
+                       else "brand NAME" if m.group(1).startswith("brand ") else m.group(1))
             continue
         m = re.fullmatch(r"([a-z_]+) =\s*(.*)", ln)
         if m and section:
@@ -122,8 +124,8 @@ def test_sample_configuration_explains_every_key_with_its_default():
     set_here = {"data_dir", "log_file", "group"}  # filled in by deploy/install.sh
     for section, key in CONFIG_KEYS:
         assert key in sample.get(section, {}), f"[{section}] {key} missing from {SAMPLE.name}"
-        table = config_mod.SETTINGS.get(section) or config_mod.SOURCE_SETTINGS
-        default = (table[key] if section in config_mod.SETTINGS else config_mod.SOURCE_SETTINGS[key])[1]
+        per_name = config_mod.BRAND_SETTINGS if section == "brand NAME" else config_mod.SOURCE_SETTINGS
+        default = (config_mod.SETTINGS[section] if section in config_mod.SETTINGS else per_name)[key][1]
         if key not in set_here:
             assert sample[section][key] == default, f"[{section}] {key}: sample says {sample[section][key]!r}, default {default!r}"
 

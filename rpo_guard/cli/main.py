@@ -77,26 +77,49 @@ def init(ctx, asterisk_user):
 @click.option("--at", "at_text", metavar="ISO8601", help="decide as of this moment (what-if); default now")
 @click.option("--caller-id", "caller_id", default=None, metavar="NUMBER",
               help="the caller ID the call would present (without it the caller-ID rule is not checked)")
+@click.option("--attempts", "attempts_n", type=click.IntRange(min=0), default=None, metavar="N",
+              help="with attempt caps: decide as if the number had N allowed attempts in every window "
+                   "(default: count them in the audit log, as the AGI does)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @pass_ctx
-def check(ctx, number, brand, at_text, caller_id, as_json):
+def check(ctx, number, brand, at_text, caller_id, attempts_n, as_json):
     """Decide one number as the AGI would, without recording an attempt.
+
+    The brand's policy ([brand NAME]) applies. With attempt caps, the allowed
+    attempts are counted in the audit log (none while it does not exist), or
+    taken from --attempts.
 
     Exit status: 0 ALLOW, 1 BLOCK, 2 usage or configuration error.
     """
 
+    from rpo_guard.audit.attempts import AttemptCounter, FixedCounter
     from rpo_guard.guard import check_call
     from rpo_guard.register.store import Store
 
     cfg = ctx.cfg
     at = parse_at(at_text, cfg.timezone)
-    policy = cfg.policy if caller_id is not None else cfg.policy._replace(caller_id_check=False)
+    policy = cfg.policy_for(brand)
+    if caller_id is None:
+        policy = policy._replace(caller_id_check=False)
     store = None
     try:
         store = Store(cfg.register_db, cfg.busy_timeout_ms)
     except Exception as exc:
         store_error = exc
-    outcome = check_call(cfg, store, number, brand, at, caller_id=caller_id, policy=policy)
+    counter, counted = None, ""
+    if policy.attempt_caps:
+        if attempts_n is not None:
+            counter, counted = FixedCounter(attempts_n), f"--attempts {attempts_n}"
+        elif not os.path.exists(cfg.audit_db):
+            counter, counted = FixedCounter(0), f"no audit log yet ({cfg.audit_db}): no attempts"
+        else:
+            try:
+                counter, counted = AttemptCounter.open_readonly(cfg.audit_db, cfg.busy_timeout_ms), cfg.audit_db
+            except Exception as exc:  # check_call then answers BLOCK/error, as the AGI would
+                counted = f"audit log unreadable: {type(exc).__name__}: {exc}"
+    outcome = check_call(cfg, store, number, brand, at, caller_id=caller_id, policy=policy, attempts=counter)
+    if isinstance(counter, AttemptCounter):
+        counter.close()
     v = outcome.verdict
     if store is None and v.reason == "error":
         v = type(v)(v.decision, v.reason, v.basis, f"{type(store_error).__name__}: {store_error}")
@@ -105,15 +128,19 @@ def check(ctx, number, brand, at_text, caller_id, as_json):
             "decision": v.decision, "reason": v.reason, "number": outcome.e164, "dialed": number,
             "brand": brand, "at": outcome.at.isoformat(timespec="seconds"), "detail": v.detail,
             "basis": v.basis, "caller_id": caller_id,
-            "caller_id_checked": caller_id is not None and cfg.caller_id_check}, sort_keys=True))
+            "caller_id_checked": caller_id is not None and policy.caller_id_check,
+            "attempt_caps": [dict(c._asdict()) for c in policy.attempt_caps], "attempts_counted_from": counted or None},
+            sort_keys=True))
     else:
         click.echo(f"{v.decision} {v.reason}  {outcome.e164 or number!r}" + (f"  brand={brand}" if brand else ""))
         if v.detail:
             click.echo(f"  why: {v.detail}")
         if v.basis:
             click.echo("  on:  " + ", ".join(f"{k}={val}" for k, val in v.basis.items()))
-        if caller_id is None and cfg.caller_id_check:
+        if caller_id is None and cfg.policy_for(brand).caller_id_check:
             click.echo("  note: caller ID not checked (give --caller-id to check it as the AGI does)")
+        if counted and v.allowed or v.reason == "attempt_cap":
+            click.echo(f"  attempts counted from: {counted}")
     sys.exit(0 if v.allowed else 1)
 
 

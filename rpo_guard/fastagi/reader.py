@@ -1,4 +1,5 @@
-"""The register as a worker thread sees it: a read-only Store that follows a replaced rpo.db."""
+"""The register as a worker thread sees it: a read-only Store that follows a replaced rpo.db;
+and, when attempt caps apply, the thread's read-only connection to audit.db that counts attempts."""
 from __future__ import annotations
 
 import math
@@ -31,6 +32,42 @@ class RegisterReader:
         self.last_error = ""
         self.deadline_at = math.inf  # of the lookup running on this connection (time.monotonic)
         self.next_stat = 0.0  # time.monotonic() from which the file is looked at again
+        self.counter = None  # ServerAttempts on this thread's audit.db connection (attempt caps)
+        self.counter_generation = -1
+        self.counter_error = ""
+
+    def attempts(self):
+        """This thread's attempt counter (audit.db read-only, plus the server's attempts
+        in flight), reopened after SIGHUP; None when audit.db cannot be opened (logged):
+        a capped call is then refused."""
+        srv = self.server
+        if self.counter is not None and self.counter_generation == srv.generation:
+            return self.counter
+        from rpo_guard.audit.attempts import AttemptCounter
+        from .attempts import ServerAttempts
+        cfg = srv.cfg
+        if not cfg.lookup_threads:  # in the loop: the writer's own connection
+            if srv.audit is None:
+                return None  # the warm-up lookup, before the writer exists
+            self.counter, self.counter_generation = ServerAttempts(srv.inflight, writer=srv.audit), srv.generation
+            return self.counter
+        try:
+            busy = cfg.busy_timeout_ms if cfg.lookup_threads else min(cfg.busy_timeout_ms, cfg.deadline_ms)
+            conn = AttemptCounter.open_readonly(cfg.audit_db, busy).conn
+            conn.set_progress_handler(self.past_deadline, 2000)
+        except Exception as exc:
+            message = f"audit log {cfg.audit_db} (attempt caps): {type(exc).__name__}: {exc}"
+            if message != self.counter_error:
+                self.counter_error = message
+                log_failure(message, cfg.log_file)
+            return None
+        self.counter_error = ""
+        if self.counter is not None and self.counter.conn is not None:
+            with suppress(Exception):
+                self.counter.conn.close()
+        self.counter = ServerAttempts(srv.inflight, conn)
+        self.counter_generation = srv.generation
+        return self.counter
 
     def past_deadline(self) -> bool:
         """SQLite's progress handler: a true answer interrupts the running query."""

@@ -24,6 +24,7 @@ from rpo_guard.failure_log import log_failure
 from rpo_guard.guard import RESULT_VALUES, Outcome, check_call, safe_value
 from rpo_guard.rules.decision import error_verdict
 
+from .attempts import InFlight
 from .reader import RegisterReader
 from .session import CHECKING, Session
 from .sdnotify import Notifier
@@ -73,6 +74,10 @@ class FastAGIServer:
         self._refused_logged: set = set()
         self._peer_cache: dict = {}
         self.policy = cfg.policy
+        # [brand NAME] policies, made once; a brand without a section gets self.policy
+        self.policies = {name: cfg.policy_for(name) for name in (cfg.brands or {})}
+        capped = any(p.attempt_caps for p in (self.policy, *self.policies.values()))
+        self.inflight = InFlight() if capped else None  # allowed attempts not yet committed
         self.answers: dict = {}  # (result, reason) -> what the channel gets (see answer())
 
     # ---- lookups (in the loop, or in worker threads) -------------------------------
@@ -86,8 +91,15 @@ class FastAGIServer:
             store = reader.get()
         except Exception:
             store = None  # logged by the reader; check_call answers BLOCK/error
+        policy = self.policies.get(brand.strip(), self.policy) if self.policies else self.policy
+        attempts = reader.attempts() if policy.attempt_caps else None
         return check_call(self.cfg, store, dialed, brand, caller_id=caller_id, callingpres=callingpres,
-                          policy=self.policy)
+                          policy=policy, attempts=attempts)
+
+    def release(self, outcome: Outcome) -> None:
+        """An outcome that will not be recorded gives back its reserved attempt."""
+        if outcome.held is not None and self.inflight is not None:
+            self.inflight.release_now(outcome.held)
 
     def answer(self, result: str, reason: str) -> tuple:
         """``(result, reason, [SET VARIABLE commands])``: only short words reach the
@@ -114,6 +126,7 @@ class FastAGIServer:
         if self._pool is None:  # lookup_threads = 0: in the loop, bounded by SQLite's progress handler
             outcome = self._lookup(dialed, brand, caller_id, callingpres, deadline_at)
             if time.monotonic() > deadline_at and outcome.verdict.reason != "error":
+                self.release(outcome)
                 outcome = self._late()
             session.checked(outcome)
             return
@@ -124,6 +137,8 @@ class FastAGIServer:
         def done(f):
             timer.cancel()
             if session.state != CHECKING:
+                if not f.cancelled() and f.exception() is None:
+                    self.release(f.result())  # answered by the deadline: this outcome is not recorded
                 return
             exc = f.exception() if not f.cancelled() else None
             if f.cancelled() or exc is not None:
@@ -191,6 +206,11 @@ class FastAGIServer:
     # ---- life cycle ---------------------------------------------------------------
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
+        if self.inflight is not None:
+            # lookup threads count attempts on read-only connections to audit.db: make it exist
+            from rpo_guard.audit.log import AuditLog
+            AuditLog(self.cfg.audit_db, self.cfg.audit_busy_timeout_ms, self.cfg.file_mode,
+                     synchronous=self.cfg.synchronous, group=self.cfg.group).close()
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         if self.cfg.lookup_threads:
@@ -202,7 +222,7 @@ class FastAGIServer:
             self._warm()
         from rpo_guard.audit.log import use_json_module
         use_json_module()  # json's C encoder for the rows' hashes: the import is paid once here
-        self.audit = AuditWriter(self.cfg, loop)
+        self.audit = AuditWriter(self.cfg, loop, self.inflight)
         self.audit.more_coming = lambda: len(self.sessions) > BATCH_FROM
         self._tick = min(0.1, max(0.005, min(self.read_timeout, self.audit_wait) / 10))
         self._sweeper = loop.call_later(self._tick, self._sweep)

@@ -169,7 +169,7 @@ class Session(asyncio.Protocol):
         # `rpo-guard simulate-call --fastagi` asks for agi://HOST:PORT/rpo_guard?simulate=1
         simulated = "simulate=1" in env.get("agi_network_script", "").partition("?")[2].split("&")
         srv.audit.submit(audit_row(outcome, env, dialed, brand, callerid_arg, started,
-                                   "simulate" if simulated else "fastagi"), self.audited)
+                                   "simulate" if simulated else "fastagi"), self.audited, outcome.held)
 
     def audited(self, audit_id, error) -> None:
         if self.state != AUDITING:

@@ -17,6 +17,10 @@ from .checkpoint import RETRY, Checkpointer
 BATCH_WINDOW = 0.001
 BATCH_FROM = 4
 BATCH_MAX = 256
+# With attempt caps, the page cache of the writer's connection (KiB; SQLite's default is
+# 2,000): the counts probe the e164 index at random, and with the default cache most
+# probes read a leaf page again (bench/brand_policies.py).
+COUNT_CACHE_KIB = 65536
 
 
 class AuditWriter:
@@ -42,8 +46,9 @@ class AuditWriter:
     the loop goes on answering.
     """
 
-    def __init__(self, cfg, loop: asyncio.AbstractEventLoop):
+    def __init__(self, cfg, loop: asyncio.AbstractEventLoop, inflight=None):
         self.cfg = cfg
+        self.inflight = inflight  # attempts in flight (attempt caps): released once their rows are committed
         self.loop = loop
         self._pending: list = []
         self._scheduled = False
@@ -57,9 +62,11 @@ class AuditWriter:
         self.more_coming = lambda: False  # set by the server: whether enough calls are in flight to wait
         self.checkpointer = Checkpointer(cfg)
 
-    def submit(self, row: dict, done) -> None:
-        """Queue ``row``; ``done(audit_id, None)`` or ``done(None, error_text)`` follows."""
-        self._pending.append((row, done))
+    def submit(self, row: dict, done, held=None) -> None:
+        """Queue ``row``; ``done(audit_id, None)`` or ``done(None, error_text)`` follows.
+        ``held``: the attempt the row's lookup reserved (``fastagi.attempts``), released
+        when the row is committed (it is counted from audit.db then) or has failed."""
+        self._pending.append((row, done, held))
         if not self._scheduled:
             if self.more_coming():
                 self._scheduled = True
@@ -68,6 +75,24 @@ class AuditWriter:
                 self.flush(wait=False)  # a quiet server: the wait would cost more than it saves
         elif len(self._pending) >= BATCH_MAX and self._timer is not None:
             self.flush_soon()
+
+    def connection(self):
+        """The writer's connection to audit.db, opened if need be (the loop counts attempts on
+        it: its page cache survives its own commits). Raises when audit.db cannot be opened."""
+        if self._log is None or self._reopen:
+            self._open()
+        return self._log.conn
+
+    def _open(self) -> None:
+        from rpo_guard.audit.log import AuditLog
+        self._reopen = False
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._log = AuditLog(self.cfg.audit_db, self.cfg.audit_busy_timeout_ms, self.cfg.file_mode,
+                             synchronous=self.cfg.synchronous)
+        if self.inflight is not None:  # the loop counts attempts on it: keep the e164 index in memory
+            self._log.conn.execute(f"PRAGMA cache_size = -{COUNT_CACHE_KIB}")
 
     def flush_soon(self) -> None:
         """Commit at the next loop iteration instead of at the end of the window."""
@@ -99,10 +124,19 @@ class AuditWriter:
             return
         try:
             batch, self._pending = self._pending, []
-            ids, error = self._write([row for row, _ in batch])
+            if self.inflight is None:
+                ids, error = self._write([row for row, _, _ in batch])
+            else:
+                # commit and release under the counters' lock: no lookup counts a row
+                # twice (committed and in flight) or not at all
+                with self.inflight.lock:
+                    ids, error = self._write([row for row, _, _ in batch])
+                    for _, _, held in batch:
+                        if held is not None:
+                            self.inflight.release(held)
         finally:
             lock.release()
-        for i, (_, done) in enumerate(batch):
+        for i, (_, done, _) in enumerate(batch):
             try:
                 done(None, error) if error is not None else done(ids[i], None)
             except Exception as exc:  # a session's bug must not cost the others their answer
@@ -119,16 +153,9 @@ class AuditWriter:
 
     def _write(self, rows):
         """(ids, None) or (None, error text)."""
-        from rpo_guard.audit.log import AuditLog
-
         try:
-            if self._log is not None and self._reopen:
-                self._reopen = False
-                self._log.close()
-                self._log = None
-            if self._log is None:
-                self._log = AuditLog(self.cfg.audit_db, self.cfg.audit_busy_timeout_ms, self.cfg.file_mode,
-                                     synchronous=self.cfg.synchronous)
+            if self._log is None or self._reopen:
+                self._open()
             self.checkpointer.take_over(self._log.conn)
             ids = self._log.append_many(rows)
         except Exception as exc:

@@ -1,5 +1,9 @@
 """The dial-time decision: a pure function of the facts about one call.
 
+It reads best whole: the order of the rules is the decision (first match
+wins, and each rule's place is argued in :func:`decide`), and the facts, the
+policy and the rules that read them are meant to be read side by side.
+
 No I/O happens here: no SQLite, no Asterisk, no clock. The adapters (the
 store, the AGI, the FastAGI server, the CLI) gather the facts and hand them to
 :func:`decide`; what it returns is the whole answer, including the record
@@ -31,11 +35,15 @@ OUTSIDE_CALLING_HOURS = "outside_calling_hours"
 CALLER_ID_NOT_ALLOWED = "caller_id_not_allowed"
 SILENT_CALL_COOLDOWN = "silent_call_cooldown"
 CALLBACK_REQUEST = "callback_request"
+# Brand policies ([brand NAME] sections): sectors where only consent allows a call, attempt caps.
+CONSENT_REQUIRED = "consent_required"
+ATTEMPT_CAP = "attempt_cap"
 
 ALLOW_REASONS = frozenset({NOT_REGISTERED, CONSENT, CONTRACT, CALLBACK_REQUEST})
 BLOCK_REASONS = frozenset({INVALID_NUMBER, INTERNAL_DNC, OPTOUT, CONSENT_REVOKED,
                            NOT_CONSULTED, CONSULTATION_EXPIRED, RPO_REGISTERED, ERROR,
-                           OUTSIDE_CALLING_HOURS, CALLER_ID_NOT_ALLOWED, SILENT_CALL_COOLDOWN})
+                           OUTSIDE_CALLING_HOURS, CALLER_ID_NOT_ALLOWED, SILENT_CALL_COOLDOWN,
+                           CONSENT_REQUIRED, ATTEMPT_CAP})
 REASONS = ALLOW_REASONS | BLOCK_REASONS
 
 # Consent-log kinds.
@@ -57,6 +65,14 @@ CID_0844 = "0844"              # AGCOM 156/18/CIR: market research, advertising,
 CID_OTHER = "other"            # Italian, but toll-free, premium, shared-cost, VoIP, ...
 CID_UNCLASSIFIED = "unclassified"  # not classified: a declared list decides alone
 CALLBACKABLE_KINDS = frozenset({CID_FIXED, CID_MOBILE, CID_0843, CID_0844})
+
+# A brand's declared purpose, and the AGCOM range (156/18/CIR) each purpose may present.
+PURPOSE_COMMERCIAL = "commercial"    # market research, advertising, sales: 0844
+PURPOSE_STATISTICAL = "statistical"  # statistical research: 0843
+PURPOSE_OTHER = "other"              # neither: presents no 0843 or 0844 number
+PURPOSES = (PURPOSE_COMMERCIAL, PURPOSE_STATISTICAL, PURPOSE_OTHER)
+AGCOM_RANGE_PURPOSE = {CID_0843: PURPOSE_STATISTICAL, CID_0844: PURPOSE_COMMERCIAL}
+_AGCOM_E164 = (("+390843", CID_0843), ("+390844", CID_0844))
 
 
 class Consultation(namedtuple("Consultation", "batch_id consulted_on registered brand registration_date",
@@ -111,10 +127,31 @@ class CallerId(namedtuple("CallerId", "raw e164 kind")):
     __slots__ = ()
 
 
+class AttemptCap(namedtuple("AttemptCap", "max_attempts window_days per_brand")):
+    """At most ``max_attempts`` allowed attempts to one number in ``window_days``
+    days (the call's day and the days before it); ``per_brand``: only the
+    call's brand's attempts count, else every brand's."""
+    __slots__ = ()
+
+
+class AttemptCount(namedtuple("AttemptCount", "per_brand since count")):
+    """How many allowed attempts to the number the audit log holds from the day
+    ``since`` on (every brand's, or with ``per_brand`` the call's brand's),
+    counted by an adapter (see :func:`window_start`)."""
+    __slots__ = ()
+
+
+def window_start(today: date, window_days: int) -> date:
+    """The first day of a window of ``window_days`` days ending with ``today``."""
+    return today - timedelta(days=window_days - 1)
+
+
 class Policy(namedtuple("Policy", "validity_days contract_grace_days calling_hours weekday_window "
-                                  "reduced_window caller_id_check silent_call_days callback_days",
-                        defaults=(15, 30, True, (time(9), time(20)), (time(10), time(19)), True, 7, 7))):
-    """The rules' settings.
+                                  "reduced_window caller_id_check silent_call_days callback_days "
+                                  "require_consent require_declared_caller_id purpose attempt_caps",
+                        defaults=(15, 30, True, (time(9), time(20)), (time(10), time(19)), True, 7, 7,
+                                  False, False, "", ()))):
+    """The rules' settings (for one brand: ``Config.policy_for``).
 
     ``validity_days``: a consultation is valid this many days, its own day
     included. ``contract_grace_days``: a contract still allows calls this
@@ -124,13 +161,20 @@ class Policy(namedtuple("Policy", "validity_days contract_grace_days calling_hou
     enforce the caller-ID rule. ``silent_call_days``: days after the day of a
     silent call the number is refused. ``callback_days``: a callback request
     allows calls this many days, its own day included.
+
+    The brand's policy (all off by default): ``require_consent``: only a
+    contract, a callback request or a live consent allows the call.
+    ``require_declared_caller_id``: the caller ID must be declared for the
+    brand (no generic fallback). ``purpose``: "" (not checked) or one of
+    PURPOSES, checked against a 0843/0844 caller ID. ``attempt_caps``: a tuple
+    of :class:`AttemptCap`, every one of which must hold.
     """
     __slots__ = ()
 
 
 class CallFacts(namedtuple("CallFacts", "today e164 brand consultations consents dnc silent_calls when "
-                                        "caller_id declared_caller_ids",
-                           defaults=("", (), (), (), (), None, None, ()))):
+                                        "caller_id declared_caller_ids attempt_counts",
+                           defaults=("", (), (), (), (), None, None, (), ()))):
     """Everything the decision needs, gathered by an adapter.
 
     ``today`` the call's date in Europe/Rome; ``e164`` None when the dialed
@@ -138,9 +182,11 @@ class CallFacts(namedtuple("CallFacts", "today e164 brand consultations consents
     ``consents`` for the brand, or optouts for every brand; ``dnc`` global or
     for the brand; ``silent_calls`` made to the number, any brand; ``when`` a
     CallTime; ``caller_id`` a CallerId; ``declared_caller_ids`` the E.164
-    numbers declared for the brand (or all brands). Tuples, in any order.
-    ``when`` and ``caller_id`` are None when the adapter did not gather
-    them; a rule that needs a missing fact blocks (fail closed).
+    numbers declared for the brand (or all brands); ``attempt_counts`` one
+    :class:`AttemptCount` for each of the policy's attempt caps. Tuples, in
+    any order. ``when`` and ``caller_id`` are None, and a count is absent, when
+    the adapter did not gather them; a rule that needs a missing fact blocks
+    (fail closed).
     """
     __slots__ = ()
 
@@ -234,7 +280,22 @@ def _cooldown(facts: CallFacts, policy: Policy) -> Verdict | None:
                   kind="silent_call", silent_call_id=s.id, on=s.on.isoformat(), until=until.isoformat())
 
 
-def _caller_id_problem(facts: CallFacts) -> Verdict | None:
+_AGCOM_USE = {CID_0843: "statistical research", CID_0844: "market research, advertising and sales"}
+
+
+def agcom_range_of(cid: CallerId) -> str | None:
+    """CID_0843 or CID_0844 when the caller ID is in that AGCOM range, else None
+    (a declared number comes unclassified: its E.164 form says it)."""
+    if cid.kind == CID_0843 or cid.kind == CID_0844:
+        return cid.kind
+    if cid.e164 is not None:
+        for prefix, kind in _AGCOM_E164:
+            if cid.e164.startswith(prefix):
+                return kind
+    return None
+
+
+def _caller_id_problem(facts: CallFacts, policy: Policy) -> Verdict | None:
     cid = facts.caller_id
     if cid is None:
         return _block(CALLER_ID_NOT_ALLOWED, "the caller ID of the call is not known", kind="caller_id")
@@ -243,18 +304,67 @@ def _caller_id_problem(facts: CallFacts) -> Verdict | None:
     if cid.kind == CID_HIDDEN or (cid.e164 is None and not cid.raw):
         return _block(CALLER_ID_NOT_ALLOWED, "hidden caller ID: calls must show a number that can be called back",
                       **basis)
+    scope = f"brand {facts.brand}" if facts.brand else "this call"
+    if policy.purpose:
+        agcom = agcom_range_of(cid)
+        if agcom is not None and AGCOM_RANGE_PURPOSE[agcom] != policy.purpose:
+            return _block(CALLER_ID_NOT_ALLOWED, f"caller ID {cid.e164 or cid.raw!r} is in the {agcom} range, "
+                          f"reserved for {_AGCOM_USE[agcom]} (AGCOM 156/18/CIR); {scope} declares the purpose "
+                          f"{policy.purpose!r}", purpose=policy.purpose, agcom_range=agcom, **basis)
     if facts.declared_caller_ids:
         if cid.e164 is not None and cid.e164 in facts.declared_caller_ids:
             return None
-        scope = f"brand {facts.brand}" if facts.brand else "this call"
         return _block(CALLER_ID_NOT_ALLOWED, f"caller ID {cid.e164 or cid.raw!r} is not one of the "
                       f"{len(facts.declared_caller_ids)} number(s) declared for {scope}", **basis)
+    if policy.require_declared_caller_id:
+        return _block(CALLER_ID_NOT_ALLOWED, f"{scope} may call only from declared caller IDs, and none is "
+                      "declared for it (rpo-guard caller-id add)", required_declared=True, **basis)
     if cid.kind in CALLBACKABLE_KINDS and cid.e164 is not None:
         return None
     why = {CID_FOREIGN: "a foreign number", CID_INVALID: "not a phone number",
            CID_OTHER: "not a geographic, mobile, 0843 or 0844 number"}.get(cid.kind, f"of kind {cid.kind!r}")
     return _block(CALLER_ID_NOT_ALLOWED, f"caller ID {cid.e164 or cid.raw!r} is {why}, and no caller IDs "
                   "are declared for this brand", **basis)
+
+
+def _live_consents(own: list[ConsentEvent], today: date) -> list[ConsentEvent]:
+    """The brand's consents not expired and not revoked since they were given."""
+    return [e for e in own if e.kind == KIND_CONSENT and (e.ends_at is None or today <= e.ends_at)
+            and not any(r.kind == KIND_REVOCATION and r.given_at >= e.given_at for r in own)]
+
+
+def _consent_required(facts: CallFacts, own: list[ConsentEvent]) -> Verdict:
+    """The BLOCK of a brand that needs a consent, a contract or a callback request, and has none."""
+    why = []
+    for e in sorted(own, key=lambda e: e.given_at, reverse=True):
+        if e.kind == KIND_CONTRACT and e.ends_at is not None:
+            why.append(f"the contract ended on {e.ends_at}")
+        elif e.kind == KIND_CONSENT and e.ends_at is not None and e.ends_at < facts.today:
+            why.append(f"the consent of {e.given_at} expired on {e.ends_at}")
+        elif e.kind == KIND_REVOCATION:
+            why.append(f"consent revoked on {e.given_at}")
+        elif e.kind == KIND_CALLBACK:
+            why.append(f"the callback request of {e.given_at} is no longer valid")
+    return _block(CONSENT_REQUIRED, f"brand {facts.brand} may call only with the person's consent, a contract or "
+                  "a callback request, and none is in force" + (f" ({'; '.join(why[:3])})" if why else ""),
+                  kind="consent_required", brand=facts.brand)
+
+
+def _attempt_cap_problem(facts: CallFacts, policy: Policy) -> Verdict | None:
+    """The BLOCK of the first attempt cap the number has reached, or None."""
+    for cap in policy.attempt_caps:
+        since = window_start(facts.today, cap.window_days)
+        count = next((a.count for a in facts.attempt_counts
+                      if a.per_brand == cap.per_brand and a.since == since), None)
+        by = f"by brand {facts.brand or '(none)'}" if cap.per_brand else "by any brand"
+        basis = {"kind": "attempt_cap", "max_attempts": cap.max_attempts, "window_days": cap.window_days,
+                 "since": since.isoformat(), "scope": "brand" if cap.per_brand else "number"}
+        if count is None:
+            return _block(ATTEMPT_CAP, f"the number of attempts {by} since {since} is not known", **basis)
+        if count >= cap.max_attempts:
+            return _block(ATTEMPT_CAP, f"{count} allowed attempt(s) to this number {by} since {since}: the cap is "
+                          f"{cap.max_attempts} in {cap.window_days} day(s)", attempts=count, **basis)
+    return None
 
 
 def calling_hours_problem(when: CallTime | None, policy: Policy = Policy()) -> Verdict | None:
@@ -295,11 +405,16 @@ def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
        (or by a callback request still in its window)     -> BLOCK optout
     4. a silent call to the number on day D, and today is
        D .. D + ``silent_call_days``                      -> BLOCK silent_call_cooldown
-    5. the presented caller ID is hidden, not declared for
-       the brand, or (no list for the brand) not an Italian
-       geographic, mobile, 0843 or 0844 number           -> BLOCK caller_id_not_allowed
+    5. the presented caller ID is hidden; in the 0843/0844
+       range of another purpose than the brand's
+       ``purpose``; not declared for the brand; or (no list
+       for the brand) ``require_declared_caller_id``, or not
+       an Italian geographic, mobile, 0843 or 0844 number -> BLOCK caller_id_not_allowed
     6. outside the calling hours (Sunday, holiday, before/
        after the weekday or reduced window)              -> BLOCK outside_calling_hours
+    6b. ``require_consent`` and no contract (as in 7), no
+        callback request (as in 8) and no live consent
+        (not expired, not revoked since it was given)     -> BLOCK consent_required
     7. a contract with the brand in force or ended at most
        ``contract_grace_days`` ago                        -> ALLOW contract
     8. a callback request to the brand, not revoked, given
@@ -311,10 +426,35 @@ def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
         a consent that was revoked later                  -> BLOCK consent_revoked
         otherwise                                         -> BLOCK rpo_registered
     12. not registered                                    -> ALLOW not_registered
+        (with ``require_consent``: the live consent of 6b) -> ALLOW consent
+    13. any ALLOW above, when the number has had
+        ``max_attempts`` allowed attempts in the window of
+        one of the ``attempt_caps``                       -> BLOCK attempt_cap
 
     Rules 4-6 bar calls that the register alone would allow, so they come
-    before every ALLOW; rules 5 and 6 have switches in the policy.
+    before every ALLOW; rules 5 and 6 have switches in the policy. Rule 6b is
+    the bar of the brand's sector, read from the consent log as rules 7-12
+    are: after the conduct rules (an opt-out, a silent call, a wrong caller ID
+    or the hour keep their own reason) and before any ALLOW. Rule 13 comes
+    last because only allowed attempts count: it turns an ALLOW into a BLOCK
+    and nothing else, so a call refused for any other reason keeps that
+    reason (and is not counted), and an adapter needs the count only for a
+    call that would otherwise go (:func:`decide_rules`, :func:`cap_attempts`).
     """
+    return cap_attempts(decide_rules(facts, policy), facts, policy)
+
+
+def cap_attempts(verdict: Verdict, facts: CallFacts, policy: Policy) -> Verdict:
+    """Rule 13 of :func:`decide` on the verdict of rules 1-12: ``decide(f, p) ==
+    cap_attempts(decide_rules(f, p), f, p)``. An adapter may gather the attempt
+    counts only when ``decide_rules`` allowed the call (nothing else reads them)."""
+    if policy.attempt_caps and verdict.decision == ALLOW:
+        return _attempt_cap_problem(facts, policy) or verdict
+    return verdict
+
+
+def decide_rules(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
+    """Rules 1-12 of :func:`decide` (every rule but the attempt caps)."""
     if facts.e164 is None:
         return _block(INVALID_NUMBER, "the dialed string is not a valid number")
     if facts.when is not None and facts.when.local.date() != facts.today:
@@ -341,15 +481,19 @@ def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
 
     if (verdict := _cooldown(facts, policy)) is not None:
         return verdict
-    if policy.caller_id_check and (verdict := _caller_id_problem(facts)) is not None:
+    if policy.caller_id_check and (verdict := _caller_id_problem(facts, policy)) is not None:
         return verdict
     if policy.calling_hours and (verdict := calling_hours_problem(facts.when, policy)) is not None:
         return verdict
 
+    grace = timedelta(days=policy.contract_grace_days)
+    contracts = [e for e in own if e.kind == KIND_CONTRACT
+                 and (e.ends_at is None or facts.today <= e.ends_at + grace)]
+    live_consents = _live_consents(own, facts.today) if policy.require_consent else []
+    if policy.require_consent and not (contracts or callbacks or live_consents):
+        return _consent_required(facts, own)
+
     if brand:
-        grace = timedelta(days=policy.contract_grace_days)
-        contracts = [e for e in own if e.kind == KIND_CONTRACT
-                     and (e.ends_at is None or facts.today <= e.ends_at + grace)]
         if contracts:
             c = max(contracts, key=lambda e: (e.ends_at is None, e.ends_at or e.given_at))
             return _allow(CONTRACT, "contract in force" if c.ends_at is None or c.ends_at >= facts.today
@@ -373,6 +517,12 @@ def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
                       **_consultation_basis(newest))
 
     if not newest.registered:
+        if live_consents:  # the brand needs a consent: name it (the seller must prove it)
+            consent = max(live_consents, key=lambda e: e.given_at)
+            basis = _consent_basis(consent)
+            basis.update(batch_id=newest.batch_id, consulted_on=newest.consulted_on.isoformat())
+            return _allow(CONSENT, f"consent given {consent.given_at} (brand {brand} needs one); not registered "
+                          f"at the consultation of {newest.consulted_on}", **basis)
         return _allow(NOT_REGISTERED, f"not registered at the consultation of {newest.consulted_on}",
                       **_consultation_basis(newest))
 
@@ -414,13 +564,21 @@ RULES: dict[str, Rule] = {
     SILENT_CALL_COOLDOWN: Rule("4", BLOCK, "a silent call reached the number on day D and today is "
                                            "D … D + `silent_call_days` (7), any brand",
                                "Garante, general measure n. 83 of 20 Feb 2014 (silent calls)"),
-    CALLER_ID_NOT_ALLOWED: Rule("5", BLOCK, "the caller ID is hidden; or not declared for the brand; or (no list "
-                                            "for the brand) not an Italian geographic, mobile, 0843 or 0844 number",
-                                "Codice di condotta art. 7 (ROC-declared, recallable numbers); AGCOM 156/18/CIR"),
+    CALLER_ID_NOT_ALLOWED: Rule("5", BLOCK, "the caller ID is hidden; or in the 0843/0844 range of another purpose "
+                                            "than the brand's `purpose`; or not declared for the brand; or (no list "
+                                            "for the brand) the brand has `require_declared_caller_id`, or it is not "
+                                            "an Italian geographic, mobile, 0843 or 0844 number",
+                                "Codice di condotta art. 7 (ROC-declared, recallable numbers); AGCOM 156/18/CIR "
+                                "(0843 statistical research, 0844 market research, advertising and sales)"),
     OUTSIDE_CALLING_HOURS: Rule("6", BLOCK, "Sunday, national or configured local holiday, or outside the window: "
                                             "Mon–Fri 09:00–20:00; Saturdays and days before a holiday 10:00–19:00 "
                                             "(end excluded, Europe/Rome)",
                                 "Codice di condotta telemarketing (Garante, 7 Mar 2024; from 28 Sep 2024)"),
+    CONSENT_REQUIRED: Rule("6b", BLOCK, "the brand has `require_consent` and no contract in force or within its "
+                                        "grace, no callback request in its window, no consent not expired and not "
+                                        "revoked since",
+                           "energy offers: 2026 DL Bollette conversion law (in force 19 Jun 2026; article numbers "
+                           "unverified) and ARERA 395/2024/R/com; a per-brand setting"),
     CONTRACT: Rule("7", ALLOW, "a contract with the brand is in force, or ended at most `contract_grace_days` (30) ago",
                    "Legge 5/2018 art. 1(5): the contract exception, up to 30 days after its end"),
     CALLBACK_REQUEST: Rule("8", ALLOW, "a `callback_request` for the brand given at most `callback_days` (7) ago, "
@@ -433,13 +591,18 @@ RULES: dict[str, Rule] = {
                                             "day included), or dated in the future",
                                "DPR 26/2022 art. 8(2): a consultation is valid 15 days for calls"),
     CONSENT: Rule("11a", ALLOW, "registered, and a consent for the brand was given on a day after the "
-                                "registration, not revoked since",
+                                "registration, not revoked since (with `require_consent`, also rule 12 with the "
+                                "live consent of 6b)",
                   "Legge 5/2018 art. 1(5): consents given after the registration stay valid"),
     CONSENT_REVOKED: Rule("11b", BLOCK, "registered, and the newest such consent was revoked on or after its day",
                           "GDPR art. 7(3): a withdrawn consent"),
     RPO_REGISTERED: Rule("11c", BLOCK, "registered, otherwise (registration revokes every earlier consent)",
                          "Legge 5/2018 art. 1(5): registration revokes earlier consents"),
     NOT_REGISTERED: Rule("12", ALLOW, "not registered at the newest consultation", "DPR 26/2022"),
+    ATTEMPT_CAP: Rule("13", BLOCK, "any ALLOW above, when the number already had `max_attempts` allowed attempts "
+                                   "in the window of a cap (`[attempts]`, `[brand NAME]`; off by default)",
+                      "no cap in the Italian Code; the operator's own limit (France, since 1 Mar 2023: 4 calls in "
+                      "30 days)"),
     ERROR: Rule("–", BLOCK, "anything went wrong gathering the facts", "fail closed"),
 }
 

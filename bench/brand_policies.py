@@ -1,0 +1,108 @@
+"""FastAGI cost of the attempt cap: `rpo-guard serve` with the cap off and on, same run, interleaved.
+
+    python bench/brand_policies.py [--numbers 1000000] [--audit-rows 1000000] [--seconds 1] [--rounds 3]
+                                   [--concurrency 1,16] [--rates ''] [--max-attempts 1000] [--brand-cap]
+
+The machinery of bench/fastagi_load.py (register and audit log built once and
+cached in --data-dir, the load generator that speaks FastAGI as Asterisk does,
+server CPU read from /proc): two `rpo-guard serve` processes on the same data,
+one with the shipped defaults (no cap), one with ``[attempts] max_attempts =
+--max-attempts`` (and with --brand-cap also a brand cap of the same size:
+two counts per call). Each round measures one then the other, so a noisy
+moment on the shared machine hits both. The calls are random numbers of the
+register (80 % allowed: 80 % of the calls count their attempts in the audit
+log, which starts with --audit-rows rows); the generator draws the same
+numbers in every round, so a number gets a few rows. The default cap is never
+reached, so both servers take the same decisions and the difference is the
+cost of counting. Prints the CPU per call and the latencies of each, and the
+ratio cap on / cap off (target <= 1.1).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fastagi_load as fl  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--numbers", type=int, default=1_000_000)
+    ap.add_argument("--audit-rows", type=int, default=1_000_000)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", default="1,16")
+    ap.add_argument("--rates", default="", help="open-loop points, calls/s")
+    ap.add_argument("--max-attempts", type=int, default=1000, help="the cap (default: never reached)")
+    ap.add_argument("--brand-cap", action="store_true", help="the cap-on server also has a brand cap (two counts)")
+    ap.add_argument("--data-dir", type=Path, default=None)
+    args = ap.parse_args()
+    data = args.data_dir or Path(tempfile.gettempdir()) / f"rpo-guard-bench-brands-{args.numbers}"
+    fl.build_register(data, args.numbers)
+    kept = fl.build_audit_log(data, args.audit_rows)
+    for p in data.glob("audit.db*"):
+        p.unlink()
+    if kept is not None:
+        shutil.copyfile(kept, data / "audit.db")
+        with sqlite3.connect(data / "audit.db") as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+    (data / "failures.log").unlink(missing_ok=True)
+    base = (f"[paths]\ndata_dir = {data}\nlog_file = {data / 'failures.log'}\n"
+            "[conduct]\nweekday_hours = 00:00-23:59\nreduced_hours = 00:00-23:59\n")
+    cap = f"[attempts]\nmax_attempts = {args.max_attempts}\nwindow_days = 30\n"
+    if args.brand_cap:
+        cap += f"[brand {fl.BRAND}]\nmax_attempts = {args.max_attempts}\nattempt_window_days = 7\n"
+    rpo_guard = str(Path(sys.executable).parent / "rpo-guard")
+    servers = {}
+    for name, text in (("cap off", base), ("cap on", base + cap)):
+        conf = data / f"rpo-guard-{name.replace(' ', '-')}.conf"
+        conf.write_text(text)
+        env = dict(os.environ, RPO_GUARD_CONFIG=str(conf))
+        servers[name] = fl.start([rpo_guard, "serve", "--listen", "127.0.0.1:0"], env, "listening on")
+    print(f"FastAGI, attempt cap off and on: {args.numbers:,}-number register, audit log starting at "
+          f"{max(args.audit_rows, 0):,} rows, {args.rounds} rounds of {args.seconds:g} s per point and server, "
+          f"interleaved; {os.cpu_count()} CPUs shared with the generator"
+          + ("; cap on = a global and a brand cap (two counts per allowed call)" if args.brand_cap else ""))
+    print(f"{'point':>7} | {'off calls':>9} {'p50 ms':>6} {'p99 ms':>6} {'cpu us':>6} | {'on calls':>8} "
+          f"{'p50 ms':>6} {'p99 ms':>6} {'cpu us':>6} | {'cpu on/off':>10}")
+    points = [(int(x), 0) for x in args.concurrency.split(",") if x]
+    points += [(0, float(x)) for x in args.rates.split(",") if x]
+    try:
+        for c, rate in points:
+            runs = {name: [] for name in servers}
+            for _ in range(args.rounds):
+                for name, (proc, port) in servers.items():
+                    runs[name].append(fl.measure(proc, port, c, args.seconds, args.numbers, data / "rpo.db", rate))
+            off, on = fl.median_of(runs["cap off"]), fl.median_of(runs["cap on"])
+            n_off, n_on = (sum(r["n"] for r in runs[k]) for k in ("cap off", "cap on"))
+            label = f"conc {c}" if not rate else f"@{rate:g}/s"
+            errors = {k: sum(r["errors"] for r in rs) for k, rs in runs.items()}
+            print(f"{label:>7} | {n_off:>9,} {off['p50']:>6.2f} {off['p99']:>6.2f} {off['cpu_us']:>6.0f} | "
+                  f"{n_on:>8,} {on['p50']:>6.2f} {on['p99']:>6.2f} {on['cpu_us']:>6.0f} | "
+                  f"{on['cpu_us'] / off['cpu_us']:>10.2f}" + (f"  errors: {errors}" if any(errors.values()) else ""),
+                  flush=True)
+    finally:
+        for proc, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in servers.values():
+            proc.wait(60)
+    for name, (proc, _) in servers.items():
+        stopped = [line for line in proc.stderr.read().splitlines() if "stopped;" in line]
+        print(f"{name}: " + (stopped[-1].split("stopped; ", 1)[1] if stopped else "(no stop line)"))
+    with sqlite3.connect(data / "audit.db") as conn:
+        capped = conn.execute("SELECT count(*) FROM attempts WHERE reason = 'attempt_cap'").fetchone()[0]
+    print(f"calls refused by the cap: {capped}")
+    print("cpu us = server CPU (all threads) per call; medians of the rounds. p50/p99 over every call. "
+          "cpu on/off = the cost per call of the cap (target <= 1.1).")
+
+
+if __name__ == "__main__":
+    main()
