@@ -31,11 +31,14 @@ OUTSIDE_CALLING_HOURS = "outside_calling_hours"
 CALLER_ID_NOT_ALLOWED = "caller_id_not_allowed"
 SILENT_CALL_COOLDOWN = "silent_call_cooldown"
 CALLBACK_REQUEST = "callback_request"
+# Fleet mode: the box's replica of the central register was not confirmed current recently enough.
+REPLICA_STALE = "replica_stale"
 
 ALLOW_REASONS = frozenset({NOT_REGISTERED, CONSENT, CONTRACT, CALLBACK_REQUEST})
 BLOCK_REASONS = frozenset({INVALID_NUMBER, INTERNAL_DNC, OPTOUT, CONSENT_REVOKED,
                            NOT_CONSULTED, CONSULTATION_EXPIRED, RPO_REGISTERED, ERROR,
-                           OUTSIDE_CALLING_HOURS, CALLER_ID_NOT_ALLOWED, SILENT_CALL_COOLDOWN})
+                           OUTSIDE_CALLING_HOURS, CALLER_ID_NOT_ALLOWED, SILENT_CALL_COOLDOWN,
+                           REPLICA_STALE})
 REASONS = ALLOW_REASONS | BLOCK_REASONS
 
 # Consent-log kinds.
@@ -111,9 +114,15 @@ class CallerId(namedtuple("CallerId", "raw e164 kind")):
     __slots__ = ()
 
 
+# A replica confirmed "in the future" by more than this is refused too: the box's clock went back,
+# so its age cannot be told (seconds).
+CLOCK_BACK_SLACK = 5.0
+
+
 class Policy(namedtuple("Policy", "validity_days contract_grace_days calling_hours weekday_window "
-                                  "reduced_window caller_id_check silent_call_days callback_days",
-                        defaults=(15, 30, True, (time(9), time(20)), (time(10), time(19)), True, 7, 7))):
+                                  "reduced_window caller_id_check silent_call_days callback_days "
+                                  "max_staleness_seconds",
+                        defaults=(15, 30, True, (time(9), time(20)), (time(10), time(19)), True, 7, 7, None))):
     """The rules' settings.
 
     ``validity_days``: a consultation is valid this many days, its own day
@@ -123,14 +132,16 @@ class Policy(namedtuple("Policy", "validity_days contract_grace_days calling_hou
     before a holiday (start included, end excluded). ``caller_id_check``:
     enforce the caller-ID rule. ``silent_call_days``: days after the day of a
     silent call the number is refused. ``callback_days``: a callback request
-    allows calls this many days, its own day included.
+    allows calls this many days, its own day included. ``max_staleness_seconds``:
+    fleet mode only (None = single box): the replica must have been
+    confirmed current by the centre at most this many seconds ago.
     """
     __slots__ = ()
 
 
 class CallFacts(namedtuple("CallFacts", "today e164 brand consultations consents dnc silent_calls when "
-                                        "caller_id declared_caller_ids",
-                           defaults=("", (), (), (), (), None, None, ()))):
+                                        "caller_id declared_caller_ids replica_age",
+                           defaults=("", (), (), (), (), None, None, (), None))):
     """Everything the decision needs, gathered by an adapter.
 
     ``today`` the call's date in Europe/Rome; ``e164`` None when the dialed
@@ -139,6 +150,8 @@ class CallFacts(namedtuple("CallFacts", "today e164 brand consultations consents
     for the brand; ``silent_calls`` made to the number, any brand; ``when`` a
     CallTime; ``caller_id`` a CallerId; ``declared_caller_ids`` the E.164
     numbers declared for the brand (or all brands). Tuples, in any order.
+    ``replica_age``: seconds since the box's replica was last confirmed
+    current by the centre (fleet mode; None = never confirmed or no replica).
     ``when`` and ``caller_id`` are None when the adapter did not gather
     them; a rule that needs a missing fact blocks (fail closed).
     """
@@ -314,9 +327,25 @@ def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
 
     Rules 4-6 bar calls that the register alone would allow, so they come
     before every ALLOW; rules 5 and 6 have switches in the policy.
+
+    In fleet mode (``policy.max_staleness_seconds`` set) a valid number is
+    first refused with ``replica_stale`` when the replica was never confirmed,
+    was confirmed longer ago than the bound, or "in the future" (the clock
+    went back): nothing read from it can be trusted to include the newest
+    opt-outs.
     """
     if facts.e164 is None:
         return _block(INVALID_NUMBER, "the dialed string is not a valid number")
+    bound = policy.max_staleness_seconds
+    if bound is not None:
+        age = facts.replica_age
+        if age is None:
+            return _block(REPLICA_STALE, "the replica was never confirmed current by the centre")
+        if age > bound or age < -CLOCK_BACK_SLACK:
+            return _block(REPLICA_STALE, f"the replica was last confirmed current {age:.0f} s ago "
+                          f"(bound {bound} s)" if age >= 0 else
+                          f"the replica's confirmation is {-age:.0f} s in the future: the clock went back",
+                          replica_age_s=round(age, 1), max_staleness_s=bound)
     if facts.when is not None and facts.when.local.date() != facts.today:
         return error_verdict(f"inconsistent facts: call date {facts.today}, local time {facts.when.local}")
 
