@@ -1,6 +1,7 @@
 """Fleet mode, step by step: the central schema, writes to the centre, the agent's replica."""
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import psycopg
@@ -143,3 +144,23 @@ def test_dialplan_writes_apply_locally_at_once_and_reach_the_centre_once(make_bo
     conn = sqlite3.connect(box.cfg.register_db)
     assert conn.execute("SELECT count(*), min(id) > 0 FROM silent_calls").fetchone() == (1, 1)  # the local row gave way
     conn.close()
+
+
+def test_status_shows_every_box_sequence_lag_staleness_and_outbox(make_box, central):
+    a, b = make_box("a"), make_box("b")
+    a.consult([(A, "not_registered")], days_ago=1)
+    for box in (a, b):
+        box.start_agent()
+    wait_for(lambda: b.check(A).reason == "not_registered", what="b current")
+    wait_for(lambda: len(q(central, "SELECT box FROM boxes")) == 2, what="both reported")
+    b.stop_agent()
+    a.cli("dnc", "add", B, check=True)
+    b.cli("silent-call", A, "--source", "dialplan", check=True)
+    r = b.cli("status", "--json")
+    rep = json.loads(r.stdout)["fleet"]
+    assert rep["box"] == "b" and rep["outbox_depth"] == 1 and rep["last_seq"] == 1
+    assert rep["staleness_seconds"] is not None and rep["staleness_seconds"] >= 0
+    boxes = {x["box"]: x for x in rep["centre"]["boxes"]}
+    assert rep["centre"]["head_seq"] == 2 and boxes["b"]["lag_changes"] == 1 and boxes["b"]["lag_seconds"] >= 0
+    text = b.cli("status").stdout
+    assert "fleet box b: last sequence applied 1" in text and "box a: applied" in text and "outbox 1" in text
