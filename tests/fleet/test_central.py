@@ -164,3 +164,31 @@ def test_status_shows_every_box_sequence_lag_staleness_and_outbox(make_box, cent
     assert rep["centre"]["head_seq"] == 2 and boxes["b"]["lag_changes"] == 1 and boxes["b"]["lag_seconds"] >= 0
     text = b.cli("status").stdout
     assert "fleet box b: last sequence applied 1" in text and "box a: applied" in text and "outbox 1" in text
+
+
+def test_a_single_box_seeds_an_empty_centre_and_becomes_the_first_box(make_box, central):
+    from rpo_guard.audit.log import AuditLog
+    from audit_helpers import make_row
+    box, other = make_box("a"), make_box("b")
+    box.central = ""
+    box.write_config()  # a single box, as it ran before fleet mode
+    box.consult([(A, "not_registered"), (B, "registered")], days_ago=1)
+    box.cli("dnc", "add", "+393330000042", check=True)
+    log = AuditLog(box.cfg.audit_db)
+    log.append_many([make_row(i) for i in range(7)])
+    log.close()
+    box.central = central
+    box.write_config()
+    r = box.cli("fleet", "seed")
+    assert r.returncode == 0 and "consultations 2" in r.stdout and "dnc 1" in r.stdout, r.stderr
+    assert box.cli("fleet", "seed").returncode == 1  # only an empty centre
+    assert q(central, "SELECT kind FROM change_log") == [("seed",)]
+    for b in (box, other):
+        b.start_agent()
+    wait_for(lambda: other.check(B).reason == "rpo_registered", what="seeded data on the other box")
+    assert other.check("+393330000042").reason == "internal_dnc"
+    wait_for(lambda: box.check(A).reason == "not_registered", what="the seeding box confirmed")
+    conn = sqlite3.connect(box.cfg.register_db)
+    assert conn.execute("SELECT count(*) FROM consultations").fetchone()[0] == 2  # same ids: nothing doubled
+    conn.close()
+    wait_for(lambda: q(central, "SELECT count(*) FROM box_attempts WHERE box = 'a'") == [(7,)], what="audit shipped")
