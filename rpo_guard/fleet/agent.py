@@ -21,6 +21,7 @@ from . import central, replica
 from .schema import CHANNEL, CentralError, check, connect
 
 AUDIT_CHUNK = 5000
+POLL = 0.05  # seconds between looks at the outbox and audit.db while waiting for the centre
 
 
 class Agent:
@@ -34,6 +35,8 @@ class Agent:
         self.conn = replica.open_replica(cfg)
         self.pg = self.listen = None
         self.version = _version()
+        self.shipped = 0  # the newest audit id the centre holds for this box (as last seen)
+        self._audit_conn = None
 
     def clock(self) -> float:
         return time.time() + self.offset
@@ -71,11 +74,14 @@ class Agent:
                            self._audit_tail(), st["skew_seconds"], self.version)
 
     def _audit(self):
-        try:
-            from rpo_guard.audit.chain import open_ro
-            return open_ro(self.cfg.audit_db)
-        except (FileNotFoundError, sqlite3.Error):
-            return None
+        """audit.db, read-only, kept open (None while it does not exist)."""
+        if self._audit_conn is None:
+            try:
+                from rpo_guard.audit.chain import open_ro
+                self._audit_conn = open_ro(self.cfg.audit_db)
+            except (FileNotFoundError, sqlite3.Error):
+                return None
+        return self._audit_conn
 
     def _audit_tail(self):
         a = self._audit()
@@ -84,9 +90,8 @@ class Agent:
         try:
             return a.execute("SELECT max(id) FROM attempts").fetchone()[0]
         except sqlite3.Error:
+            self._audit_conn = None
             return None
-        finally:
-            a.close()
 
     def ship_audit(self) -> int:
         """Ship audit rows after the last one the centre holds for this box, in id order."""
@@ -94,18 +99,17 @@ class Agent:
         if a is None:
             return 0
         shipped = 0
-        try:
-            while not self.stopping:
-                tail_id, _ = central.shipped_tail(self.pg, self.box)
-                rows = a.execute(f"SELECT {', '.join(central.AUDIT_COLUMNS)} FROM attempts WHERE id > ?"
-                                 " ORDER BY id LIMIT ?", (tail_id, AUDIT_CHUNK)).fetchall()
-                if not rows:
-                    break
-                shipped += central.ship_attempts(self.pg, self.box, rows)
-                if len(rows) < AUDIT_CHUNK:
-                    break
-        finally:
-            a.close()
+        while not self.stopping:
+            tail_id, _ = central.shipped_tail(self.pg, self.box)
+            self.shipped = tail_id
+            rows = a.execute(f"SELECT {', '.join(central.AUDIT_COLUMNS)} FROM attempts WHERE id > ?"
+                             " ORDER BY id LIMIT ?", (tail_id, AUDIT_CHUNK)).fetchall()
+            if not rows:
+                break
+            shipped += central.ship_attempts(self.pg, self.box, rows)
+            self.shipped = rows[-1][0]
+            if len(rows) < AUDIT_CHUNK:
+                break
         return shipped
 
     def _note(self, error: str) -> None:
@@ -116,12 +120,26 @@ class Agent:
         except sqlite3.Error:
             pass
 
+    def _local_work(self) -> bool:
+        """Whether this box has something to send: an unsent outbox entry or new audit rows."""
+        if self.conn.execute("SELECT EXISTS (SELECT 1 FROM fleet_outbox WHERE applied_seq IS NULL)").fetchone()[0]:
+            return True
+        tail = self._audit_tail()
+        return tail is not None and tail > self.shipped
+
     def _wait(self, seconds: float) -> None:
-        """Until a NOTIFY arrives or ``seconds`` pass (drains whatever else is queued)."""
-        for _ in self.listen.notifies(timeout=seconds, stop_after=1):
-            pass
-        for _ in self.listen.notifies(timeout=0.001):
-            pass
+        """Until a NOTIFY arrives, local work appears (polled every POLL seconds) or ``seconds`` pass."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if any(True for _ in self.listen.notifies(timeout=min(POLL, left), stop_after=1)):
+                for _ in self.listen.notifies(timeout=0.001):  # drain the others queued
+                    pass
+                return
+            if self._local_work():
+                return
 
     def run(self, once: bool = False) -> None:
         import psycopg
@@ -153,6 +171,8 @@ class Agent:
                     time.sleep(0.05)
                 backoff = min(backoff * 2, max(1.0, beat / 2))
         self._disconnect()
+        if self._audit_conn is not None:
+            self._audit_conn.close()
         self.conn.close()
 
 
