@@ -14,12 +14,12 @@ def _need_fleet(cfg):
         raise click.UsageError("fleet mode is off: set [fleet] central (and box) in the configuration")
 
 
-@click.group()
+@click.group(short_help="Fleet mode: central PostgreSQL, replica agent, seed.")
 def fleet():
     """Fleet mode: one central PostgreSQL, a replica of it on every box (docs/fleet.md)."""
 
 
-@fleet.command("migrate")
+@fleet.command("migrate", short_help="Create or upgrade the central schema.")
 @pass_ctx
 def migrate_cmd(ctx):
     """Create or upgrade the central schema (safe to run again)."""
@@ -37,7 +37,7 @@ def migrate_cmd(ctx):
     click.echo(f"central schema at version {SCHEMA_VERSION}" + (f" (applied {applied})" if applied else " (current)"))
 
 
-@fleet.command("agent")
+@fleet.command("agent", short_help="Keep this box's rpo.db a replica.")
 @click.option("--once", is_flag=True, help="one round (catch up, land, forward, ship), then exit")
 @click.option("--clock-offset", type=float, default=0.0, hidden=True, help="tests: this box's clock is off by SECONDS")
 @click.option("--chunk-rows", type=int, default=None, hidden=True, help="consultation rows landed per transaction")
@@ -56,7 +56,7 @@ def agent_cmd(ctx, once, clock_offset, chunk_rows):
         raise click.ClickException(str(exc)) from None
 
 
-@fleet.command("seed")
+@fleet.command("seed", short_help="Copy this box's register into an empty centre.")
 @pass_ctx
 def seed_cmd(ctx):
     """Copy this box's register (rpo.db) into an empty centre, ids kept (its audit log follows
@@ -71,8 +71,8 @@ def seed_cmd(ctx):
         raise click.ClickException(str(exc)) from None
 
 
-@fleet.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@fleet.command("status", short_help="This replica and every box of the fleet.")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @pass_ctx
 def status_cmd(ctx, as_json):
     """This box's replica and every box of the fleet. Exit 2 when this replica is stale."""
