@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import psycopg
 import pytest
 
-from rpo_guard.fleet.schema import SCHEMA_VERSION, CentralError, migrate, version
+from rpo_guard.fleet.schema import SCHEMA_VERSION, migrate, version
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg (3) is not installed: pip install 'rpo_guard[fleet]'")
 
 A, B = "+393331234567", "+393339876543"
 

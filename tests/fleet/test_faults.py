@@ -7,11 +7,13 @@ import signal
 import sqlite3
 import time
 
-import psycopg
+import pytest
 
 from audit_helpers import make_row
 from rpo_guard.audit.log import AuditLog
 from rpo_guard.fleet.sandbox import wait_for
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg (3) is not installed: pip install 'rpo_guard[fleet]'")
 
 A, B = "+393331234567", "+393339876543"
 
@@ -136,7 +138,8 @@ def test_a_box_whose_clock_is_wrong(make_box, central):
     ahead.consult([(A, "not_registered")], days_ago=1)
     ahead.start_agent("--clock-offset", "3600")
     behind.start_agent("--clock-offset", "-3600")
-    wait_for(lambda: ahead.replica()["confirmed_at"] and behind.replica()["confirmed_at"], what="confirmed")
+    wait_for(lambda: all(b.replica()["confirmed_at"] and b.replica()["pending_batches"] == 0
+                         and b.replica()["last_seq"] == 1 for b in (ahead, behind)), what="landed and confirmed")
     # calls read the same wrong clock as the agent: they are decided as usual
     assert ahead.check(A, clock=lambda: time.time() + 3600).reason == "not_registered"
     assert behind.check(A, clock=lambda: time.time() - 3600).reason == "not_registered"

@@ -1,4 +1,4 @@
-"""Fleet fixtures: one throwaway PostgreSQL cluster per test session (unix socket only), a fresh
+"""Fleet fixtures (registered for every test by tests/conftest.py): one throwaway PostgreSQL cluster per test session (unix socket only), a fresh
 central database per test, boxes (data folders with their config) whose agents run as real processes.
 
 Skipped with the reason when no PostgreSQL server is installed; with RPO_GUARD_REQUIRE_POSTGRES=1
@@ -15,16 +15,20 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("psycopg", reason="psycopg (3) is not installed: pip install 'rpo_guard[fleet]'")
-
 from rpo_guard.fleet.sandbox import Cluster, find_bindir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def cluster():
     bindir = find_bindir()
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        bindir, missing = None, "psycopg (3) is not installed: pip install 'rpo_guard[fleet]'"
+    else:
+        missing = "no PostgreSQL server (initdb) installed: apt-get install postgresql"
     if bindir is None:
-        reason = "no PostgreSQL server (initdb) installed: apt-get install postgresql"
+        reason = missing
         if os.environ.get("RPO_GUARD_REQUIRE_POSTGRES") == "1":
             pytest.fail(reason + " (RPO_GUARD_REQUIRE_POSTGRES=1)")
         pytest.skip(reason)
