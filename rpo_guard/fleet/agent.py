@@ -142,7 +142,10 @@ class Agent:
                 return
 
     def run(self, once: bool = False) -> None:
-        import psycopg
+        try:
+            import psycopg
+        except ImportError:
+            raise CentralError("fleet mode needs psycopg 3: pip install 'rpo_guard[fleet]'") from None
 
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)

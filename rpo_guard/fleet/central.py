@@ -45,9 +45,9 @@ LIST_NOTE = {"dnc": "reason", "caller_ids": "note"}
 def writer(cfg):
     """A connection to the centre, schema checked; closed on exit. Any database error
     becomes CentralError (the transaction, if open, is rolled back: nothing written)."""
-    import psycopg
-
     conn = connect(cfg.central, autocommit=True)  # each write is one explicit transaction()
+    import psycopg  # present: connect() succeeded
+
     try:
         check(conn)
         yield conn

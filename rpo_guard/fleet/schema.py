@@ -102,7 +102,10 @@ class CentralError(RuntimeError):
 def connect(conninfo: str, autocommit: bool = False, timeout: int = 5):
     """A psycopg connection to the centre. ``conninfo``: a postgresql:// URI, a libpq
     conninfo string, or the folder of a unix socket (``/run/postgresql``)."""
-    import psycopg
+    try:
+        import psycopg
+    except ImportError:
+        raise CentralError("fleet mode needs psycopg 3: pip install 'rpo_guard[fleet]'") from None
 
     target = conninfo.strip()
     if target.startswith("/"):
