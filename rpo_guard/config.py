@@ -162,6 +162,13 @@ def _local_holidays(v: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _box_name(v: str) -> str:
+    v = v.strip()
+    if v and not (len(v) <= 64 and v.isascii() and v.replace("-", "a").replace("_", "a").replace(".", "a").isalnum()):
+        raise ValueError("must be up to 64 letters, digits, '-', '_' or '.'")
+    return v
+
+
 def _observer(v: str) -> str:
     v = v.strip().lower()
     if v not in ("auto", "polling"):
@@ -315,6 +322,18 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "synchronous": (_synchronous, "normal", "audit.db durability: normal = a commit survives any crash of the process, the newest ones may be lost on a power cut; full = fsync on every commit, no record lost even then (a call waits longer for the write lock under load)"),
         "digest_key_file": (_str, "", "file holding the HMAC-SHA256 key that signs `audit digest`; empty = unsigned digest, to anchor outside the machine"),
     },
+    # Fleet mode (docs/fleet.md): many boxes, one central PostgreSQL. Off while `central` is empty.
+    "fleet": {
+        "central": (_str, "", "the central PostgreSQL: a postgresql:// URI or a libpq conninfo (host=/run/postgresql "
+                              "dbname=rpo); empty = single-box mode (rpo.db is written on this box)"),
+        "box": (_box_name, "", "this box's name in the fleet (letters, digits, - _ .); empty = the host name"),
+        "max_staleness_seconds": (_positive_int, "60", "a call is refused (replica_stale) when the replica has not "
+                                                       "been confirmed current for longer than this; smaller: an "
+                                                       "opt-out missed for less time, but a shorter centre outage "
+                                                       "stops every call"),
+        "heartbeat_seconds": (_positive_int, "5", "how often the fleet agent confirms the replica with the centre "
+                                                  "when nothing changes (keep it well under max_staleness_seconds)"),
+    },
 }
 
 
@@ -354,13 +373,26 @@ class Config(namedtuple("Config", ["path"] + [_attribute(section, k) for section
         return os.path.join(self.data_dir, "audit.db")
 
     @property
+    def fleet(self) -> bool:
+        """Fleet mode: writes go to the central PostgreSQL, rpo.db is its replica."""
+        return bool(self.central)
+
+    @property
+    def box_name(self) -> str:
+        if self.box:
+            return self.box
+        import socket
+        return socket.gethostname()
+
+    @property
     def policy(self):
         from rpo_guard.rules.decision import Policy
         return Policy(validity_days=self.validity_days, contract_grace_days=self.contract_grace_days,
                       calling_hours=self.calling_hours, weekday_window=self.weekday_hours,
                       reduced_window=self.reduced_hours, caller_id_check=self.caller_id_check,
                       silent_call_days=self.silent_call_days, callback_days=self.callback_days,
-                      attempt_caps=self._global_caps())
+                      attempt_caps=self._global_caps(),
+                      max_staleness_seconds=self.max_staleness_seconds if self.central else None)
 
     def _global_caps(self) -> tuple:
         if not self.attempt_max:

@@ -100,6 +100,14 @@ def _writer(cfg):
 def _record_failure(cfg, kind: str, path: Path, digest: str | None, shape: str, message: str,
                     consulted_on=None, brand: str = "", who: str | None = None) -> None:
     """A failed attempt, so that `rpo-guard status` can report it. Best effort."""
+    if cfg.central:  # fleet mode: the centre keeps it (docs/fleet.md)
+        from rpo_guard.fleet import central
+        central.record_failure(cfg, {
+            "kind": kind, "source_file": str(path), "sha256": digest, "shape": shape,
+            "consulted_on": consulted_on.isoformat() if consulted_on else None, "brand": brand or "",
+            "imported_by": who or getpass.getuser(), "imported_at": _now(cfg.timezone).isoformat(timespec="seconds"),
+            "error": message})
+        return
     try:
         db = _writer(cfg)
         with db.conn:
@@ -136,7 +144,19 @@ class _Batch:
 
 
 def _transaction(cfg, b: _Batch, fill: Callable) -> tuple[int, bool]:
-    """Run ``fill(conn, batch_id)`` in one write transaction; (batch id, was a duplicate)."""
+    """Run ``fill(conn, batch_id)`` in one write transaction; (batch id, was a duplicate).
+
+    In fleet mode the transaction is the central PostgreSQL's (rpo_guard.fleet.central):
+    the same checks, one change-log entry for the whole file, nothing written to rpo.db
+    (the fleet agent brings it back as a replica)."""
+    if cfg.central:
+        from rpo_guard.fleet import central
+        return central.import_batch(cfg, {
+            "kind": b.kind, "source_file": str(b.path), "sha256": b.digest, "shape": b.shape,
+            "consulted_on": b.consulted_on.isoformat() if b.consulted_on else None, "brand": b.brand or "",
+            "valid_until": b.valid_until.isoformat() if b.valid_until else None, "imported_by": b.who,
+            "imported_at": _now(cfg.timezone).isoformat(timespec="seconds"), "status": "ok", "encoding": b.encoding,
+            "sent_file": b.sent_file, "sent_sha256": b.sent_sha256}, fill, b.stats)
     db = _writer(cfg)
     conn = db.conn
     started = time.monotonic()

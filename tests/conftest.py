@@ -180,3 +180,7 @@ def asterisk_sandbox():
     finally:
         sandbox.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# Fleet mode's fixtures (cluster, central, make_box): a throwaway PostgreSQL per session.
+from fleet_support import central, cluster, make_box  # noqa: E402,F401

@@ -113,8 +113,9 @@ def audit():
 @click.option("--digest", "digests", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="a file of digests (`audit digest` output) to check the log against; repeatable")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--central", is_flag=True, help="fleet mode: every box's chain as shipped to the central PostgreSQL")
 @click.pass_obj
-def verify(obj, digests, as_json):
+def verify(obj, digests, as_json, central):
     """Walk the hash chain; report the first broken link.
 
     Exit status: 0 intact, 1 broken (row edited, deleted, inserted or
@@ -124,6 +125,8 @@ def verify(obj, digests, as_json):
     from rpo_guard.audit.chain import verify as do_verify
 
     cfg = obj.cfg
+    if central:
+        _verify_central(cfg, as_json)
     anchors = []
     key = _key(cfg)
     for path in digests:
@@ -150,6 +153,39 @@ def verify(obj, digests, as_json):
         for note in res.notes:
             click.echo(f"  note: {note}")
     sys.exit(0 if res.ok else 1)
+
+
+def _central(cfg):
+    """A connection to the fleet's centre, or a usage error."""
+    from rpo_guard.fleet.schema import CentralError, check, connect
+    if not cfg.central:
+        raise click.UsageError("--central needs fleet mode ([fleet] central)")
+    try:
+        conn = connect(cfg.central, autocommit=True)
+        check(conn)
+        return conn
+    except CentralError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _verify_central(cfg, as_json) -> None:
+    from rpo_guard.fleet.audit import verify_all
+    conn = _central(cfg)
+    try:
+        results = verify_all(conn)
+    finally:
+        conn.close()
+    ok = all(r.ok for r in results.values())
+    if as_json:
+        click.echo(json.dumps({"ok": ok, "boxes": {b: r.as_dict() for b, r in results.items()}}, sort_keys=True))
+    else:
+        if not results:
+            click.echo("no box has shipped audit rows yet")
+        for box, res in results.items():
+            click.echo(f"box {box}: {res.summary()}")
+            for note in res.notes:
+                click.echo(f"  note: {note}")
+    sys.exit(0 if ok else 1)
 
 
 def _key(cfg) -> bytes | None:
@@ -272,10 +308,25 @@ def export(obj, filters, fmt, out):
 @audit.command()
 @with_filters
 @click.option("--json", "as_json", is_flag=True, help="a JSON list of {day, brand, decision, reason, attempts}")
-def summary(obj, filters, as_json):
+@click.option("--central", is_flag=True, help="fleet mode: every box's attempts at the centre, per box "
+                                              "(the other filters do not apply)")
+def summary(obj, filters, as_json, central):
     """Counts per day, brand, decision and reason."""
     from rpo_guard.audit.query import summary as do_summary
 
+    if central:
+        from rpo_guard.fleet.audit import summary as central_summary
+        conn = _central(obj.cfg)
+        try:
+            groups = central_summary(conn)
+        finally:
+            conn.close()
+        if as_json:
+            click.echo(json.dumps(groups, ensure_ascii=False))
+        else:
+            for g in groups:
+                click.echo(f"{g['box']:<12} {g['day']:<10}  {g['decision']:<8} {g['reason']:<21} {g['attempts']:>8}")
+        return
     conn = _open(obj.cfg)
     try:
         groups = do_summary(conn, replace(filters, simulated=False))

@@ -22,13 +22,15 @@ def _number_error(exc):
 @click.argument("number")
 @click.option("--brand", default="", help="only for this brand (default: every brand)")
 @click.option("--reason", default="", help="why (kept for the auditors)")
+@click.option("--source", default="cli", help="dialplan: an opt-out taken during a call (fleet mode: applied on "
+                                              "this box at once and queued for the centre)")
 @pass_ctx
-def dnc_add(ctx, number, brand, reason):
+def dnc_add(ctx, number, brand, reason, source):
     """Put NUMBER on the internal do-not-contact list: every later call is refused."""
     from rpo_guard.register.lists import dnc_add as do
     from rpo_guard.rules.numbers import InvalidNumber
     try:
-        click.echo(do(ctx.cfg, number, brand, reason))
+        click.echo(do(ctx.cfg, number, brand, reason, source=source))
     except InvalidNumber as exc:
         raise _number_error(exc) from None
 

@@ -47,7 +47,11 @@ def init(ctx, asterisk_user):
     cfg = ctx.cfg
     try:
         perms.make_data_dir(cfg.data_dir, cfg.group)
-        open_db(cfg.register_db, cfg.file_mode, cfg.group).close()
+        db = open_db(cfg.register_db, cfg.file_mode, cfg.group)
+        if cfg.central:  # fleet mode: the replica's tables, so lookups see its state from the start
+            from rpo_guard.fleet.replica import ensure
+            ensure(db.conn, cfg.box_name)
+        db.close()
         AuditLog(cfg.audit_db, file_mode=cfg.file_mode, group=cfg.group).close()
     except (perms.PermissionProblem, SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -238,12 +242,17 @@ from .migrate import migrate as _migrate  # noqa: E402
 
 cli.add_command(_migrate)
 
+from .fleet import fleet as _fleet  # noqa: E402
+
+cli.add_command(_fleet)
+
 
 def main() -> None:
+    from rpo_guard.fleet.schema import CentralError
     from rpo_guard.register.schema import SchemaError
     try:
         cli(prog_name="rpo-guard")
-    except SchemaError as exc:  # a tool that writes rpo.db met an older or newer schema
+    except (SchemaError, CentralError) as exc:  # rpo.db's schema, or fleet mode's centre (nothing written)
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
 

@@ -140,8 +140,13 @@ def status(ctx, as_json):
         else:
             click.echo(f"UNKNOWN: {exc}", err=True)
         sys.exit(3)
+    if ctx.cfg.central:  # fleet mode: this replica and every box (a stale replica refuses every call)
+        from rpo_guard.fleet.replica import report
+        rep["fleet"] = report(ctx.cfg)
+        if rep["fleet"]["stale"]:
+            rep["exit"] = 2
     if as_json:
-        click.echo(json.dumps(rep, sort_keys=True))
+        click.echo(json.dumps(rep, sort_keys=True, default=str))
         sys.exit(rep["exit"])
     word = {0: "OK", 1: "WARNING", 2: "CRITICAL"}[rep["exit"]]
     click.echo(f"{word}: register {rep['database']} on {rep['today']}")
@@ -162,6 +167,10 @@ def status(ctx, as_json):
         click.echo(f"  register {rep['schema_problem']}")
     for w in rep["permissions"]:
         click.echo(f"  permissions: {w}")
+    if "fleet" in rep:
+        from .fleet import describe
+        for line in describe(rep["fleet"]):
+            click.echo(f"  {line}")
     sys.exit(rep["exit"])
 
 

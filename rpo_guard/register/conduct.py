@@ -66,6 +66,19 @@ def silent_call_add(cfg, number: str, brand: str = "", at: datetime | None = Non
     at = local_time(at, cfg.timezone) if at is not None else now
     if at > now + timedelta(minutes=5):
         raise ValueError(f"the silent call at {at.isoformat(timespec='seconds')} is in the future")
+    row = {"number": e164, "brand": brand or "", "at": at.isoformat(timespec="seconds"),
+           "on_day": at.date().isoformat(), "uniqueid": uniqueid or None, "source": source,
+           "recorded_by": who or getpass.getuser(), "recorded_at": now.isoformat(timespec="seconds")}
+    until = at.date() + timedelta(days=cfg.silent_call_days)
+    if cfg.central and db is None:  # fleet mode (docs/fleet.md)
+        if source == "dialplan":  # during a call: on this box at once, and queued for the centre
+            from rpo_guard.fleet import replica
+            replica.local_write(cfg, "silent_call", row)
+            return f"silent call to {e164} on {at.date()} recorded on this box (queued for the centre): " \
+                   f"refused until {until} included"
+        from rpo_guard.fleet import central
+        central.silent_call(cfg, row)
+        return f"silent call to {e164} on {at.date()} recorded at the centre: refused until {until} included"
     db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     with db.conn:
         db.conn.execute(
@@ -73,5 +86,4 @@ def silent_call_add(cfg, number: str, brand: str = "", at: datetime | None = Non
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (e164, brand or "", at.isoformat(timespec="seconds"), at.date().isoformat(), uniqueid or None,
              source, who or getpass.getuser(), now.isoformat(timespec="seconds")))
-    until = at.date() + timedelta(days=cfg.silent_call_days)
     return f"silent call to {e164} on {at.date()} recorded: refused until {until} included"

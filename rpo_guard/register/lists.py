@@ -25,8 +25,13 @@ def _stamp(cfg, who: str | None) -> tuple[str, str]:
 
 
 def add(cfg, table: str, e164: str, brand: str, note: str, who: str | None, db=None) -> bool:
-    """Add an active entry; False when one is already active for the number and brand."""
+    """Add an active entry; False when one is already active for the number and brand.
+    In fleet mode the entry is added at the centre (rpo_guard.fleet.central)."""
     from .schema import open_db
+
+    if cfg.central and db is None:
+        from rpo_guard.fleet import central
+        return central.list_add(cfg, table, e164, brand, note, *_stamp(cfg, who))
 
     db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     with db.conn:
@@ -42,6 +47,9 @@ def remove(cfg, table: str, e164: str, brand: str, who: str | None, db=None) -> 
 
     if table not in LISTS:
         raise ValueError(f"not a per-brand list: {table!r}")
+    if cfg.central and db is None:
+        from rpo_guard.fleet import central
+        return central.list_remove(cfg, table, e164, brand, *_stamp(cfg, who))
     db = db or open_db(cfg.register_db, cfg.file_mode, cfg.group)
     with db.conn:
         cur = db.conn.execute(
@@ -50,9 +58,18 @@ def remove(cfg, table: str, e164: str, brand: str, who: str | None, db=None) -> 
     return cur.rowcount > 0
 
 
-def dnc_add(cfg, number: str, brand: str = "", reason: str = "", who: str | None = None, db=None) -> str:
+def dnc_add(cfg, number: str, brand: str = "", reason: str = "", who: str | None = None, db=None,
+            source: str = "cli") -> str:
+    """``source="dialplan"`` (an agent's opt-out taken during a call): in fleet mode the entry
+    is applied on this box at once and queued in its outbox for the centre."""
     e164 = normalize(number, cfg.strip_prefixes, cfg.default_region)
     scope = f"brand {brand}" if brand else "every brand"
+    if cfg.central and source == "dialplan" and db is None:
+        from rpo_guard.fleet import replica
+        who, at = _stamp(cfg, who)
+        replica.local_write(cfg, "dnc_add", {"number": e164, "brand": brand or "", "reason": reason,
+                                             "added_by": who, "added_at": at})
+        return f"{e164} added to the do-not-contact list for {scope} on this box (queued for the centre)"
     if not add(cfg, "dnc", e164, brand, reason, who, db):
         return f"{e164} is already on the do-not-contact list for {scope}"
     return f"{e164} added to the do-not-contact list for {scope}"

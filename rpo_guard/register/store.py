@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from datetime import date, datetime, timedelta
 
 from rpo_guard.rules.calendar_it import local_call_time, local_time
@@ -46,6 +47,11 @@ SELECT 'n', EXISTS(SELECT 1 FROM consultations WHERE number = :n)
          OR EXISTS(SELECT 1 FROM consents WHERE number = :n)
          OR EXISTS(SELECT 1 FROM dnc WHERE number = :n), NULL, NULL, NULL, NULL, NULL
 """
+# Fleet mode: the replica's last confirmation by the centre (rpo_guard.fleet.replica), in the same snapshot.
+_FACTS_REPLICA = _FACTS + """
+UNION ALL
+SELECT 'r', confirmed_at, NULL, NULL, NULL, NULL, NULL FROM fleet_replica WHERE id = 1
+"""
 _CALLER_IDS = "SELECT number FROM caller_ids WHERE brand IN ('', ?) AND removed_at IS NULL"
 _HOLIDAY_YEARS = "SELECT year FROM holiday_years WHERE year IN (?, ?)"
 _HOLIDAYS = "SELECT day, name FROM holidays WHERE day IN (?, ?)"
@@ -61,7 +67,7 @@ def _day(text: str | None) -> date | None:
 
 
 class Store:
-    def __init__(self, path: str, busy_timeout_ms: int = 1000):
+    def __init__(self, path: str, busy_timeout_ms: int = 1000, clock=time.time):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise StoreError(self._why_missing(path))
@@ -79,6 +85,11 @@ class Store:
             self.conn.close()
             raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION} "
                              "(run `rpo-guard migrate`)")
+        # A fleet replica (rpo_guard.fleet) also answers when the centre last confirmed it,
+        # read with the facts; ``clock`` (seconds since the epoch) gives its age.
+        self._clock = clock
+        self._facts_sql = _FACTS_REPLICA if self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fleet_replica'").fetchone() else _FACTS
         # Facts that are not about the number (declared caller IDs, cached
         # holidays) are kept between calls of a long-running server while
         # PRAGMA data_version says no other connection has committed since.
@@ -120,9 +131,9 @@ class Store:
         time in ``tz``, as :func:`rpo_guard.rules.calendar_it.local_time` gives it."""
         c = self.conn
         consultations, consents, dnc, silent = [], [], [], []
-        version = known = None
+        version = known = confirmed = None
         since = (today - timedelta(days=silent_call_days)).isoformat()
-        for tag, a, b, d, e, f, g in c.execute(_FACTS, {"n": e164, "b": brand, "since": since}):
+        for tag, a, b, d, e, f, g in c.execute(self._facts_sql, {"n": e164, "b": brand, "since": since}):
             if tag == "c":
                 consultations.append(Consultation(batch_id=a, consulted_on=date.fromisoformat(b), registered=bool(d),
                                                   brand=e, registration_date=_day(f)))
@@ -135,8 +146,10 @@ class Store:
                 silent.append(SilentCall(id=a, on=date.fromisoformat(b)))
             elif tag == "v":
                 version = a
-            else:
+            elif tag == "n":
                 known = a == 1
+            else:
+                confirmed = a
         if version is None or known is None:
             raise StoreError(f"{self.path}: the facts query returned no data_version or known row")
         if version != self._shared_version:
@@ -156,7 +169,8 @@ class Store:
             when = local_call_time(at, local_holidays, cached)
         return CallFacts(today=today, e164=e164, brand=brand, consultations=tuple(consultations),
                          consents=tuple(consents), dnc=tuple(dnc), silent_calls=tuple(silent), when=when,
-                         declared_caller_ids=declared), known
+                         declared_caller_ids=declared,
+                         replica_age=None if confirmed is None else self._clock() - confirmed), known
 
     def _holidays(self, day: date) -> dict:
         """The cached national holidays of ``day`` and the next day ("" = none), for

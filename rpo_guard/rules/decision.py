@@ -38,12 +38,14 @@ CALLBACK_REQUEST = "callback_request"
 # Brand policies ([brand NAME] sections): sectors where only consent allows a call, attempt caps.
 CONSENT_REQUIRED = "consent_required"
 ATTEMPT_CAP = "attempt_cap"
+# Fleet mode: the box's replica of the central register was not confirmed current recently enough.
+REPLICA_STALE = "replica_stale"
 
 ALLOW_REASONS = frozenset({NOT_REGISTERED, CONSENT, CONTRACT, CALLBACK_REQUEST})
 BLOCK_REASONS = frozenset({INVALID_NUMBER, INTERNAL_DNC, OPTOUT, CONSENT_REVOKED,
                            NOT_CONSULTED, CONSULTATION_EXPIRED, RPO_REGISTERED, ERROR,
                            OUTSIDE_CALLING_HOURS, CALLER_ID_NOT_ALLOWED, SILENT_CALL_COOLDOWN,
-                           CONSENT_REQUIRED, ATTEMPT_CAP})
+                           CONSENT_REQUIRED, ATTEMPT_CAP, REPLICA_STALE})
 REASONS = ALLOW_REASONS | BLOCK_REASONS
 
 # Consent-log kinds.
@@ -146,11 +148,16 @@ def window_start(today: date, window_days: int) -> date:
     return today - timedelta(days=window_days - 1)
 
 
+# A replica confirmed "in the future" by more than this is refused too: the box's clock went back,
+# so its age cannot be told (seconds).
+CLOCK_BACK_SLACK = 5.0
+
+
 class Policy(namedtuple("Policy", "validity_days contract_grace_days calling_hours weekday_window "
                                   "reduced_window caller_id_check silent_call_days callback_days "
-                                  "require_consent require_declared_caller_id purpose attempt_caps",
+                                  "require_consent require_declared_caller_id purpose attempt_caps max_staleness_seconds",
                         defaults=(15, 30, True, (time(9), time(20)), (time(10), time(19)), True, 7, 7,
-                                  False, False, "", ()))):
+                                  False, False, "", (), None))):
     """The rules' settings (for one brand: ``Config.policy_for``).
 
     ``validity_days``: a consultation is valid this many days, its own day
@@ -160,7 +167,9 @@ class Policy(namedtuple("Policy", "validity_days contract_grace_days calling_hou
     before a holiday (start included, end excluded). ``caller_id_check``:
     enforce the caller-ID rule. ``silent_call_days``: days after the day of a
     silent call the number is refused. ``callback_days``: a callback request
-    allows calls this many days, its own day included.
+    allows calls this many days, its own day included. ``max_staleness_seconds``:
+    fleet mode only (None = single box): the replica must have been
+    confirmed current by the centre at most this many seconds ago.
 
     The brand's policy (all off by default): ``require_consent``: only a
     contract, a callback request or a live consent allows the call.
@@ -173,8 +182,8 @@ class Policy(namedtuple("Policy", "validity_days contract_grace_days calling_hou
 
 
 class CallFacts(namedtuple("CallFacts", "today e164 brand consultations consents dnc silent_calls when "
-                                        "caller_id declared_caller_ids attempt_counts",
-                           defaults=("", (), (), (), (), None, None, (), ()))):
+                                        "caller_id declared_caller_ids attempt_counts replica_age",
+                           defaults=("", (), (), (), (), None, None, (), (), None))):
     """Everything the decision needs, gathered by an adapter.
 
     ``today`` the call's date in Europe/Rome; ``e164`` None when the dialed
@@ -184,7 +193,9 @@ class CallFacts(namedtuple("CallFacts", "today e164 brand consultations consents
     CallTime; ``caller_id`` a CallerId; ``declared_caller_ids`` the E.164
     numbers declared for the brand (or all brands); ``attempt_counts`` one
     :class:`AttemptCount` for each of the policy's attempt caps. Tuples, in
-    any order. ``when`` and ``caller_id`` are None, and a count is absent, when
+    any order. ``replica_age``: seconds since the box's replica was last
+    confirmed current by the centre (fleet mode; None = never confirmed or no
+    replica). ``when`` and ``caller_id`` are None, and a count is absent, when
     the adapter did not gather them; a rule that needs a missing fact blocks
     (fail closed).
     """
@@ -440,6 +451,13 @@ def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
     and nothing else, so a call refused for any other reason keeps that
     reason (and is not counted), and an adapter needs the count only for a
     call that would otherwise go (:func:`decide_rules`, :func:`cap_attempts`).
+    before every ALLOW; rules 5 and 6 have switches in the policy.
+
+    In fleet mode (``policy.max_staleness_seconds`` set) a valid number is
+    first refused with ``replica_stale`` when the replica was never confirmed,
+    was confirmed longer ago than the bound, or "in the future" (the clock
+    went back): nothing read from it can be trusted to include the newest
+    opt-outs.
     """
     return cap_attempts(decide_rules(facts, policy), facts, policy)
 
@@ -457,6 +475,16 @@ def decide_rules(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
     """Rules 1-12 of :func:`decide` (every rule but the attempt caps)."""
     if facts.e164 is None:
         return _block(INVALID_NUMBER, "the dialed string is not a valid number")
+    bound = policy.max_staleness_seconds
+    if bound is not None:
+        age = facts.replica_age
+        if age is None:
+            return _block(REPLICA_STALE, "the replica was never confirmed current by the centre")
+        if age > bound or age < -CLOCK_BACK_SLACK:
+            return _block(REPLICA_STALE, f"the replica was last confirmed current {age:.0f} s ago "
+                          f"(bound {bound} s)" if age >= 0 else
+                          f"the replica's confirmation is {-age:.0f} s in the future: the clock went back",
+                          replica_age_s=round(age, 1), max_staleness_s=bound)
     if facts.when is not None and facts.when.local.date() != facts.today:
         return error_verdict(f"inconsistent facts: call date {facts.today}, local time {facts.when.local}")
 
@@ -556,6 +584,10 @@ class Rule(namedtuple("Rule", "number decision text source")):
 RULES: dict[str, Rule] = {
     INVALID_NUMBER: Rule("1", BLOCK, "the dialed string is not a valid phone number (or is ambiguous)",
                          "fail closed: nothing can be checked about it"),
+    REPLICA_STALE: Rule("1b", BLOCK, "fleet mode: the box's replica was not confirmed current by the centre within "
+                                     "`[fleet] max_staleness_seconds` (60), was never confirmed, or was confirmed "
+                                     "\"in the future\" (the clock went back)",
+                        "fail closed: a replica that cannot show it is current may miss the newest opt-outs"),
     INTERNAL_DNC: Rule("2", BLOCK, "the number is on the internal do-not-contact list, globally or for the brand",
                        "the operator's do-not-contact list must stop every later call (GDPR art. 21; Garante decisions)"),
     OPTOUT: Rule("3", BLOCK, "the consent log holds an opt-out for the brand (or for every brand) not followed by "

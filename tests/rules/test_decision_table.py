@@ -36,8 +36,9 @@ def test_check_and_agi_agree(table_env, dialed, brand, decision, reason):
 
 def test_table_covers_every_reason_code():
     from rpo_guard.rules.decision import (ATTEMPT_CAP, CALLBACK_REQUEST, CALLER_ID_NOT_ALLOWED, CONSENT_REQUIRED,
-                                          ERROR, OUTSIDE_CALLING_HOURS, SILENT_CALL_COOLDOWN)
+                                          ERROR, OUTSIDE_CALLING_HOURS, REPLICA_STALE, SILENT_CALL_COOLDOWN)
     covered = {row[3] for row in TABLE} | {ERROR}  # error: tests/test_agi.py (missing, corrupt database)
+    covered |= {REPLICA_STALE}  # fleet mode only: tests/rules/test_replica_stale.py, tests/fleet/
     # the conduct-code reasons have their own tables: tests/test_conduct_*.py
     conduct = {CALLBACK_REQUEST, CALLER_ID_NOT_ALLOWED, OUTSIDE_CALLING_HOURS, SILENT_CALL_COOLDOWN}
     # the brand policies' too: tests/rules/test_brand_policies.py, tests/test_brand_policies_e2e.py
