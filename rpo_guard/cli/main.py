@@ -211,6 +211,10 @@ from .migrate import migrate as _migrate  # noqa: E402
 
 cli.add_command(_migrate)
 
+from .export import export_barred  # noqa: E402
+
+cli.add_command(export_barred)
+
 
 def main() -> None:
     from rpo_guard.register.schema import SchemaError
