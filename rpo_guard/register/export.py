@@ -36,7 +36,7 @@ from rpo_guard.rules.calendar_it import local_time
 from rpo_guard.rules.callerid import read as read_caller_id
 from rpo_guard.rules.decision import (ALLOW, INVALID_NUMBER, CallFacts, ConsentEvent, Consultation, DncEntry,
                                       SilentCall, Verdict, decide)
-from rpo_guard.rules.numbers import InvalidNumber
+from rpo_guard.rules.numbers import MAX_INPUT, InvalidNumber, candidate_e164
 
 from .sources import ImportFailed, Table, scan, source_for
 
@@ -106,9 +106,9 @@ def read_leads(cfg, path: Path, source: str | None = None, column: str | None = 
     with Table(path, src, enc, {"number": src.number_column}, ("number",), quoted=quoted) as t:
         ni = t.index["number"]
         for line, row in t.rows():
-            if not any(c.strip() for c in row):
-                continue
-            yield line, (row[ni].strip() if ni < len(row) else "")
+            cell = row[ni].strip() if ni < len(row) else ""
+            if cell or any(c.strip() for c in row):  # a row of empty cells is a blank line
+                yield line, cell
 
 
 def decide_leads(cfg, store, leads, brand: str = "", at: datetime | None = None,
@@ -140,38 +140,68 @@ def decide_leads(cfg, store, leads, brand: str = "", at: datetime | None = None,
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS export_leads (n TEXT PRIMARY KEY) WITHOUT ROWID")
     conn.execute("BEGIN")
     try:
-        batch: list[tuple[int, str, str | None]] = []
+        batch: list[tuple[int, str, str | None, str | None]] = []
+
+        def verdict_of(e164: str, rows: list) -> Verdict:
+            key = tuple(sorted(rows)) if len(rows) > 1 else (rows[0],)
+            verdict = decided.get(key)
+            if verdict is None:
+                verdict = decided[key] = decide(_facts_of(key, base, e164), policy)
+            return verdict
 
         def flush():
-            numbers = {e for _l, _r, e in batch if e is not None}
             conn.execute("DELETE FROM temp.export_leads")
-            conn.executemany("INSERT INTO temp.export_leads (n) VALUES (?)", ((n,) for n in numbers))
+            conn.executemany("INSERT OR IGNORE INTO temp.export_leads (n) VALUES (?)",
+                             ((c or e,) for _l, _r, c, e in batch if (c or e) is not None))
             found: dict[str, list] = {}
             for n, *row in conn.execute(_BULK_FACTS, params):
                 found.setdefault(n, []).append(tuple(row))
             out = []
-            for line, raw, e164 in batch:
-                if e164 is None:
-                    out.append(Lead(line, raw, None, invalid))
-                    continue
-                rows = found.get(e164)
-                if rows is None:
-                    out.append(Lead(line, raw, e164, empty))
-                    continue
-                key = tuple(sorted(rows)) if len(rows) > 1 else (rows[0],)
-                verdict = decided.get(key)
-                if verdict is None:
-                    verdict = decided[key] = decide(_facts_of(key, base, e164), policy)
-                out.append(Lead(line, raw, e164, verdict))
+            for line, raw, candidate, e164 in batch:
+                if candidate is not None:
+                    rows = found.get(candidate)
+                    if rows is not None:  # the register holds it: validated on the way in (as check_call)
+                        out.append(Lead(line, raw, candidate, verdict_of(candidate, rows)))
+                        continue
+                    e164 = _valid(raw)
+                    if e164 is not None and e164 != candidate:
+                        rows = _one(e164)
+                        if rows:
+                            out.append(Lead(line, raw, e164, verdict_of(e164, rows)))
+                            continue
+                elif e164 is not None:
+                    rows = found.get(e164)
+                    if rows is not None:
+                        out.append(Lead(line, raw, e164, verdict_of(e164, rows)))
+                        continue
+                out.append(Lead(line, raw, None, invalid) if e164 is None else Lead(line, raw, e164, empty))
             batch.clear()
             return out
 
-        for line, raw in leads:
+        def _valid(raw):
             try:
-                e164 = norm(raw)
+                return norm(raw)
             except InvalidNumber:
-                e164 = None
-            batch.append((line, raw, e164))
+                return None
+
+        def _one(e164):  # a number whose reading differs from its unambiguous form (never seen so far)
+            conn.execute("DELETE FROM temp.export_leads")
+            conn.execute("INSERT INTO temp.export_leads (n) VALUES (?)", (e164,))
+            return [tuple(r) for _n, *r in conn.execute(_BULK_FACTS, params)]
+
+        country = "39" if cfg.default_region == "IT" else None
+        strip = cfg.strip_prefixes
+        plain = country is not None and not strip
+        add = batch.append
+        for line, raw in leads:
+            # as check_call: the unambiguous forms are looked up as written; the rest read by phonenumbers
+            if plain and raw.isdigit() and raw.isascii() and len(raw) <= MAX_INPUT:
+                # candidate_e164 of plain digits, without clean()'s work
+                candidate = ("+" + raw[2:] if raw.startswith("00") else "+39" + raw) if raw[0] == "0" else (
+                    None if raw.startswith("39") else "+39" + raw)
+            else:
+                candidate = candidate_e164(raw, strip, country) if country else None
+            add((line, raw, candidate, None if candidate is not None else _valid(raw)))
             if len(batch) >= chunk:
                 yield from flush()
         if batch:
