@@ -201,6 +201,30 @@ def _words(v: str) -> tuple[str, ...]:
     return out
 
 
+def _port(v: str) -> int:
+    n = int(v.strip())
+    if not 0 < n < 65536:
+        raise ValueError("a TCP port 1-65535")
+    return n
+
+
+def _campaign_brands(v: str) -> tuple[tuple[str, str], ...]:
+    """``CAMP1:Brand A, CAMP2:Brand B`` -> (("CAMP1", "Brand A"), ...): VICIdial campaign -> brand."""
+    out: dict[str, str] = {}
+    for item in (x.strip() for x in v.split(",")):
+        if not item:
+            continue
+        campaign, sep, brand = (x.strip() for x in item.partition(":"))
+        if not sep or not campaign or not brand:
+            raise ValueError(f"{item!r} is not CAMPAIGN:brand")
+        if len(campaign) > 8:
+            raise ValueError(f"campaign {campaign!r}: VICIdial campaign ids are at most 8 characters")
+        if campaign in out and out[campaign] != brand:
+            raise ValueError(f"campaign {campaign!r} is given two brands")
+        out[campaign] = brand
+    return tuple(out.items())
+
+
 # [source NAME] sections: how one sender's files are read (rpo_guard.register.sources.Source); NAME "default"
 # changes the defaults of every file. key -> (parser, default text, meaning)
 SOURCE_SETTINGS: dict[str, tuple] = {
@@ -276,13 +300,33 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "synchronous": (_synchronous, "normal", "audit.db durability: normal = a commit survives any crash of the process, the newest ones may be lost on a power cut; full = fsync on every commit, no record lost even then (a call waits longer for the write lock under load)"),
         "digest_key_file": (_str, "", "file holding the HMAC-SHA256 key that signs `audit digest`; empty = unsigned digest, to anchor outside the machine"),
     },
+    # `rpo-guard vicidial sync` (docs/integrations/vicidial.md); attributes are vicidial_<key>
+    "vicidial": {
+        "socket": (_str, "", "unix socket of VICIdial's MariaDB/MySQL server (wins over host)"),
+        "host": (_str, "localhost", "VICIdial's database host, when no socket is given"),
+        "port": (_port, "3306", "VICIdial's database port, with host"),
+        "user": (_str, "cron", "database user (VICIdial's default is cron)"),
+        "password_file": (_str, "", "file whose first line is the user's password; empty = no password"),
+        "database": (_str, "asterisk", "VICIdial's database"),
+        "campaign_brands": (_campaign_brands, "", "comma list of CAMPAIGN:brand: a campaign's DNC list is that "
+                                                    "brand's; unmapped campaigns' entries are imported for every brand"),
+    },
 }
 
+# Sections whose keys are attributes named <section>_<key> (their keys are common words).
+PREFIXED_SECTIONS = frozenset({"vicidial"})
 
-class Config(namedtuple("Config", ["path"] + [("inbox_dir" if k == "inbox" else k)
-                                            for keys in SETTINGS.values() for k in keys] + ["sources"])):
+
+def _attr(section: str, key: str) -> str:
+    if section == "sync" and key == "inbox":
+        return "inbox_dir"
+    return f"{section}_{key}" if section in PREFIXED_SECTIONS else key
+
+
+class Config(namedtuple("Config", ["path"] + [_attr(section, k) for section, keys in SETTINGS.items()
+                                            for k in keys] + ["sources"])):
     """The loaded settings, one attribute per key of SETTINGS (``[sync] inbox``
-    is ``inbox_dir``), plus ``path`` (None when the built-in defaults apply)
+    is ``inbox_dir``, ``[vicidial] user`` is ``vicidial_user``), plus ``path`` (None when the built-in defaults apply)
     and ``sources`` (name -> {key: parsed value}, from ``[source NAME]``).
     Paths are plain strings: pathlib costs milliseconds to import on the
     per-call path."""
@@ -373,15 +417,14 @@ def load(explicit: str | None = None, skip: tuple[str, ...] = ()) -> Config:
     for section, keys in SETTINGS.items():
         for key, (parse, default, _doc) in keys.items():
             if section in skip:
-                values[key] = None
+                values[_attr(section, key)] = None
                 continue
             text = parser.get(section, key, fallback=default) if parser.has_section(section) else default
             try:
-                values[key] = parse(text)
+                values[_attr(section, key)] = parse(text)
             except (ValueError, LookupError) as exc:
                 where = f"{path}: [{section}] {key}" if path else f"[{section}] {key}"
                 raise ConfigError(f"{where} = {text!r}: {exc}") from None
-    values["inbox_dir"] = values.pop("inbox")
     return Config(path=path, sources=sources, **values)
 
 

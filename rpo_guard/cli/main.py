@@ -215,6 +215,10 @@ from .export import export_barred  # noqa: E402
 
 cli.add_command(export_barred)
 
+from .vicidial import vicidial as _vicidial  # noqa: E402
+
+cli.add_command(_vicidial)
+
 
 def main() -> None:
     from rpo_guard.register.schema import SchemaError
