@@ -1,6 +1,6 @@
 """A throwaway MariaDB server for the VICIdial tests: a temp folder, a unix socket, no TCP port.
 
-Skipped with the reason when mariadbd is not installed, unless RPO_GUARD_REQUIRE_MARIADB=1
+Skipped with the reason when mariadbd is not installed, unless RPO_REQUIRE_MARIADB=1
 (set by .ci/run): then its absence fails the tests.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ MARIADBD = ("/usr/sbin/mariadbd", "/usr/sbin/mysqld", "/usr/libexec/mariadbd")
 
 
 def _missing(reason: str):
-    if os.environ.get("RPO_GUARD_REQUIRE_MARIADB") == "1":
-        pytest.fail(f"{reason} (RPO_GUARD_REQUIRE_MARIADB=1: CI must have MariaDB)")
+    if os.environ.get("RPO_REQUIRE_MARIADB") == "1":
+        pytest.fail(f"{reason} (RPO_REQUIRE_MARIADB=1: CI must have MariaDB)")
     pytest.skip(reason)
 
 
