@@ -185,8 +185,9 @@ def _national(e164: str, cache: dict) -> str:
     return nsn
 
 
-def wanted(cfg, conn) -> dict[tuple[str, str], tuple[str, str, str]]:
-    """(phone_number, campaign_id '' = system list) -> (E.164, brand, why) that VICIdial should hold."""
+def wanted(cfg, conn, unmapped: set | None = None) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """(phone_number, campaign_id '' = system list) -> (E.164, brand, why) that VICIdial should hold;
+    the brands with entries but no campaign in the mapping are added to ``unmapped``."""
     campaigns: dict[str, list[str]] = {}
     for campaign, brand in cfg.vicidial_campaign_brands:
         campaigns.setdefault(brand, []).append(campaign)
@@ -196,6 +197,8 @@ def wanted(cfg, conn) -> dict[tuple[str, str], tuple[str, str, str]]:
 
     def put(e164, brand, why, only=None):
         targets = [""] if brand == "" and only is None else (only if only is not None else campaigns.get(brand, []))
+        if brand and only is None and not targets and unmapped is not None:
+            unmapped.add(brand)
         for campaign in targets:
             out.setdefault((_national(e164, cache), campaign), (e164, brand, why))
 
@@ -230,15 +233,14 @@ def push(cfg, vconn, who: str | None = None) -> Result:
     db = _open(cfg)
     conn = db.conn
     try:
-        want = wanted(cfg, conn)
+        unmapped: set[str] = set()
+        want = wanted(cfg, conn, unmapped)
         pulled = {(p, c) for p, c in conn.execute("SELECT phone_number, campaign_id FROM vici.pulled")}
         have = {(p, c): owned for p, c, owned in conn.execute(
             "SELECT phone_number, campaign_id, owned FROM vici.pushed")}
         now = _now(cfg)
         added = removed = known = 0
         notes = []
-        brands_without = sorted({b for _k, (_e, b, _w) in want.items()} - {b for _c, b in cfg.vicidial_campaign_brands}
-                                - {""})
         conn.execute("BEGIN")
         try:
             with vconn.cursor() as cur:
@@ -279,7 +281,7 @@ def push(cfg, vconn, who: str | None = None) -> Result:
                 raise
             raise VicidialError(f"writing VICIdial's DNC tables: {exc}") from None
         conn.execute("COMMIT")
-        for b in brands_without:
+        for b in sorted(unmapped):
             notes.append(f"brand {b} has no campaign in [vicidial] campaign_brands: its entries are not pushed")
         return result
     finally:

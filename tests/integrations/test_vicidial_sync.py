@@ -87,6 +87,7 @@ def test_push_puts_opt_outs_and_entries_in_vicidial_so_the_hopper_skips_them(vic
     dnc_add(env.cfg, "3331000010", "", "complaint")              # every brand -> vicidial_dnc
     dnc_add(env.cfg, "+39 333 1000011", "Brand B", "asked B")    # Brand B -> CAMP2 and CAMP3
     dnc_add(env.cfg, "3331000014", "", "also ours")              # VICIdial already has it
+    dnc_add(env.cfg, "3331000015", "Brand C", "")                # no campaign: not pushed, said so
     env.consents([("3331000012", "Brand A", "optout", days(3), ""),   # -> CAMP1
                   ("0612340000", "", "optout", days(5), ""),          # everyone, then consent for Brand A
                   ("0612340000", "Brand A", "consent", days(1), ""),  #   -> CAMP2 and CAMP3 only
@@ -98,6 +99,7 @@ def test_push_puts_opt_outs_and_entries_in_vicidial_so_the_hopper_skips_them(vic
         ("0612340000", "CAMP2"), ("0612340000", "CAMP3"),
         ("3331000011", "CAMP2"), ("3331000011", "CAMP3"), ("3331000012", "CAMP1")]
     assert "push: 6 added, 0 removed, 0 unchanged" in out  # VICIdial's own row was there: not counted as added
+    assert "brand Brand C has no campaign" in out
     assert hopper_fill(conn, "CAMP1") == ["0612340000", "3331000011", "3331000013"]
     assert hopper_fill(conn, "CAMP2") == ["3331000012", "3331000013"]
     # a second run changes nothing, and what was pushed does not come back as new entries
