@@ -21,7 +21,9 @@ from .context import parse_at, pass_ctx
               help="where to write the CSV (default: standard output)")
 @pass_ctx
 def export_barred(ctx, leads, brand, at_text, caller_id, callable_only, source, column, output):
-    """Decide every number of a lead list as `check` would and write the refused
+    """Filter a lead list before dialing.
+
+    Decides every number of the list as `check` would and writes the refused
     ones with their reason (or, with --callable, only the callable ones).
 
     Output: CSV `line,number,e164,decision,reason,detail` (line = the lead's

@@ -8,7 +8,10 @@ from .context import pass_ctx
 
 @click.group()
 def vicidial():
-    """VICIdial: its DNC lists and rpo_guard's, both ways ([vicidial] settings)."""
+    """VICIdial's DNC lists, both ways.
+
+    Settings: the [vicidial] section (docs/integrations/vicidial.md).
+    """
 
 
 @vicidial.command("sync")
@@ -17,7 +20,9 @@ def vicidial():
               help="only rpo_guard's do-not-contact entries and opt-outs -> VICIdial's DNC lists")
 @pass_ctx
 def vicidial_sync(ctx, do_pull, do_push):
-    """Pull then push (or only the one asked). Incremental: a second run changes nothing.
+    """Pull, then push (or only the one asked).
+
+    Incremental: a second run changes nothing.
 
     Exit status: 0 done, 1 VICIdial's database or the register could not be used.
     """

@@ -180,7 +180,7 @@ def test_cli_reads_a_headerless_list_and_a_chosen_column(register, tmp_path):
 
 def test_cli_names_a_missing_list_or_register(env, tmp_path):
     r = run(env, "export-barred", str(tmp_path / "none.csv"))
-    assert r.exit_code == 1 and "register database not found" in r.stderr
+    assert r.exit_code == 1 and "rpo.db" in r.stderr and "Traceback" not in r.stderr
     env.init()
     r = run(env, "export-barred", str(tmp_path / "none.csv"))
     assert r.exit_code == 1 and "none.csv: file not found" in r.stderr
