@@ -119,7 +119,7 @@ def run(argv: list[str]) -> int:
 
     cfg = None
     try:
-        cfg = config_mod.load(config_path, skip=("fastagi", "sync"))
+        cfg = config_mod.load(config_path, skip=("fastagi", "sync", "vicidial"))
     except Exception as exc:
         log_failure(f"configuration: {exc}")
         _tell_asterisk(agi, f"rpo-guard: call refused, configuration unusable: {exc}")

@@ -208,6 +208,30 @@ def _words(v: str) -> tuple[str, ...]:
     return out
 
 
+def _port(v: str) -> int:
+    n = int(v.strip())
+    if not 0 < n < 65536:
+        raise ValueError("a TCP port 1-65535")
+    return n
+
+
+def _campaign_brands(v: str) -> tuple[tuple[str, str], ...]:
+    """``CAMP1:Brand A, CAMP2:Brand B`` -> (("CAMP1", "Brand A"), ...): VICIdial campaign -> brand."""
+    out: dict[str, str] = {}
+    for item in (x.strip() for x in v.split(",")):
+        if not item:
+            continue
+        campaign, sep, brand = (x.strip() for x in item.partition(":"))
+        if not sep or not campaign or not brand:
+            raise ValueError(f"{item!r} is not CAMPAIGN:brand")
+        if len(campaign) > 8:
+            raise ValueError(f"campaign {campaign!r}: VICIdial campaign ids are at most 8 characters")
+        if campaign in out and out[campaign] != brand:
+            raise ValueError(f"campaign {campaign!r} is given two brands")
+        out[campaign] = brand
+    return tuple(out.items())
+
+
 # [source NAME] sections: how one sender's files are read (rpo_guard.register.sources.Source); NAME "default"
 # changes the defaults of every file. key -> (parser, default text, meaning)
 SOURCE_SETTINGS: dict[str, tuple] = {
@@ -334,8 +358,21 @@ SETTINGS: dict[str, dict[str, tuple]] = {
         "heartbeat_seconds": (_positive_int, "5", "how often the fleet agent confirms the replica with the centre "
                                                   "when nothing changes (keep it well under max_staleness_seconds)"),
     },
+    # `rpo-guard vicidial sync` (docs/integrations/vicidial.md); attributes are vicidial_<key>
+    "vicidial": {
+        "socket": (_str, "", "unix socket of VICIdial's MariaDB/MySQL server (wins over host)"),
+        "host": (_str, "localhost", "VICIdial's database host, when no socket is given"),
+        "port": (_port, "3306", "VICIdial's database port, with host"),
+        "user": (_str, "cron", "database user (VICIdial's default is cron)"),
+        "password_file": (_str, "", "file whose first line is the user's password; empty = no password"),
+        "database": (_str, "asterisk", "VICIdial's database"),
+        "campaign_brands": (_campaign_brands, "", "comma list of CAMPAIGN:brand: a campaign's DNC list is that "
+                                                    "brand's; unmapped campaigns' entries are imported for every brand"),
+    },
 }
 
+# Sections whose keys are attributes named <section>_<key> (their keys are common words).
+PREFIXED_SECTIONS = frozenset({"vicidial"})
 
 # Keys whose attribute on Config has another name (a clearer one out of their section).
 _ATTRIBUTES = {("sync", "inbox"): "inbox_dir", ("attempts", "max_attempts"): "attempt_max",
@@ -343,14 +380,18 @@ _ATTRIBUTES = {("sync", "inbox"): "inbox_dir", ("attempts", "max_attempts"): "at
 
 
 def _attribute(section: str, key: str) -> str:
-    return _ATTRIBUTES.get((section, key), key)
+    named = _ATTRIBUTES.get((section, key))
+    if named:
+        return named
+    return f"{section}_{key}" if section in PREFIXED_SECTIONS else key
 
 
 class Config(namedtuple("Config", ["path"] + [_attribute(section, k) for section, keys in SETTINGS.items()
                                             for k in keys] + ["sources", "brands"])):
     """The loaded settings, one attribute per key of SETTINGS (``[sync] inbox``
     is ``inbox_dir``; ``[attempts] max_attempts``, ``window_days`` and ``scope``
-    are ``attempt_max``, ``attempt_window_days`` and ``attempt_scope``), plus
+    are ``attempt_max``, ``attempt_window_days`` and ``attempt_scope``; ``[vicidial] user``
+    is ``vicidial_user``), plus
     ``path`` (None when the built-in defaults apply), ``sources`` (name ->
     {key: parsed value}, from ``[source NAME]``) and ``brands`` (the same, from
     ``[brand NAME]``).

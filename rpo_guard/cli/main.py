@@ -246,6 +246,14 @@ from .fleet import fleet as _fleet  # noqa: E402
 
 cli.add_command(_fleet)
 
+from .export import export_barred  # noqa: E402
+
+cli.add_command(export_barred)
+
+from .vicidial import vicidial as _vicidial  # noqa: E402
+
+cli.add_command(_vicidial)
+
 
 def main() -> None:
     from rpo_guard.fleet.schema import CentralError
