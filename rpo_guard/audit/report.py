@@ -30,6 +30,7 @@ COLOURS = {
     rules.OUTSIDE_CALLING_HOURS: "#7986cb", rules.CALLER_ID_NOT_ALLOWED: "#00897b",
     rules.SILENT_CALL_COOLDOWN: "#9e9d24",
     rules.CONSENT_REQUIRED: "#880e4f", rules.ATTEMPT_CAP: "#546e7a",
+    rules.REPLICA_STALE: "#ff7043",
 }
 UNKNOWN_COLOUR = "#9e9e9e"  # a reason newer than this table (the test makes that a failure)
 # Consultation coverage: the rules that read the consultation (not_consulted .. not_registered).

@@ -411,6 +411,8 @@ def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
     """Decide one call. The rules, in order (the RULES table below; docs/dialplan.md):
 
     1. the dialed string is not a valid number           -> BLOCK invalid_number
+    1b. fleet mode: the replica not confirmed current
+        within ``max_staleness_seconds``                 -> BLOCK replica_stale
     2. on the internal do-not-contact list (global/brand) -> BLOCK internal_dnc
     3. an opt-out for the brand not followed by a consent
        (or by a callback request still in its window)     -> BLOCK optout
@@ -451,7 +453,6 @@ def decide(facts: CallFacts, policy: Policy = Policy()) -> Verdict:
     and nothing else, so a call refused for any other reason keeps that
     reason (and is not counted), and an adapter needs the count only for a
     call that would otherwise go (:func:`decide_rules`, :func:`cap_attempts`).
-    before every ALLOW; rules 5 and 6 have switches in the policy.
 
     In fleet mode (``policy.max_staleness_seconds`` set) a valid number is
     first refused with ``replica_stale`` when the replica was never confirmed,
