@@ -148,10 +148,36 @@ def test_brand_policy_reasons_through_asterisk(asterisk_sandbox, brands, front):
         check_outcome(asterisk_sandbox, env, call, outcome, front, dialed, decision, reason)
 
 
+@pytest.fixture(scope="module")
+def stale_box(tmp_path_factory):
+    """A box in fleet mode whose replica the centre never confirmed (no agent has reached it)."""
+    from click.testing import CliRunner
+    from rpo_guard.cli.main import cli
+    env = Env(tmp_path_factory.mktemp("fleetbox"))
+    env.init()
+    env.consult([(FREE, "no")])  # written while still a single box: it would be callable there
+    env.write_config(extra="[fleet]\ncentral = host=/nonexistent dbname=rpo\nbox = sandbox\n")
+    r = CliRunner().invoke(cli, ["--config", str(env.conf), "init"])
+    assert r.exit_code == 0, r.output
+    server = Server(env.conf)
+    yield env, server
+    server.stop()
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_a_replica_never_confirmed_refuses_through_asterisk(asterisk_sandbox, stale_box, front):
+    env, server = stale_box
+    asterisk_sandbox.load_dialplan(standard_dialplan(agi=agi_path(), fastagi=fastagi_url(server)))
+    call = place(asterisk_sandbox, front, FREE, "Energia Uno", env.conf, callerid=ROME_LINE)
+    outcome = asterisk_sandbox.wait_for(call, timeout=60)
+    check_outcome(asterisk_sandbox, env, call, outcome, front, FREE, "BLOCK", "replica_stale")
+
+
 def test_every_reason_code_is_covered():
     from rpo_guard.rules.decision import REASONS
     covered = {reason for _, _, _, reason in TABLE} | {
         "caller_id_not_allowed", "callback_request", "silent_call_cooldown", "outside_calling_hours",
         "consent_required", "attempt_cap",  # test_brand_policy_reasons_through_asterisk
+        "replica_stale",  # test_a_replica_never_confirmed_refuses_through_asterisk
         "error"}  # error: tests/test_asterisk_faults.py
     assert covered == set(REASONS)
