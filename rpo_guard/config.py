@@ -5,6 +5,10 @@ Path: ``--config``, else ``$RPO_GUARD_CONFIG``, else
 default path may be absent (built-in defaults apply). Every setting is
 declared in :data:`SETTINGS` with its default and meaning; an unknown section
 or key, or a bad value, is a :class:`ConfigError` naming file, section and key.
+
+It reads best whole: :data:`SETTINGS` is the one table of every key (the docs'
+table and the sample configuration are checked against it), and each value's
+parser sits next to the keys that use it.
 """
 from __future__ import annotations
 
