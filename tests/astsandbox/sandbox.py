@@ -106,7 +106,7 @@ def find_asterisk() -> tuple[str | None, str]:
     if os.path.isfile(DEFAULT_BINARY) and os.access(DEFAULT_BINARY, os.X_OK):
         return DEFAULT_BINARY, "default path"
     return None, (f"no Asterisk found ($ASTERISK unset, none on PATH, no {DEFAULT_BINARY}); "
-                  "build one with ../shared/asterisk/build.sh or set ASTERISK=/path/to/asterisk")
+                  "build one as .ci/run does (build.sh of the Asterisk source) or set ASTERISK=/path/to/asterisk")
 
 
 def module_dir(binary: str) -> str:
