@@ -150,7 +150,8 @@ def test_fresh_databases_are_created_at_the_current_version(env):
     c.close()
     assert [(r[0], r[3]) for r in rows] == [(2, "created at version 2")] and rows[0][1] and rows[0][2]
     r = rpo_guard(env, "migrate")
-    assert r.returncode == 0 and r.stdout.count("version 2, current") == 2
+    assert r.returncode == 0 and r.stdout.count("version 2, current") == 1
+    assert r.stdout.count(f"version {AUDIT_SCHEMA_VERSION}, current") == 1
     assert unique_indexes(env.cfg.audit_db) == []  # the hash column is not indexed (version 2)
 
 
@@ -162,7 +163,7 @@ def test_v1_register_blocks_every_call_until_migrated(v1):
     log = v1.failures.read_text()
     assert "schema version 1, expected 2" in log and "run `rpo-guard migrate`" in log
     # the v1 audit log is refused too: the attempt is kept in the failure log, not written
-    assert "audit schema version 1, this rpo_guard needs 2 (run `rpo-guard migrate`)" in log
+    assert f"audit schema version 1, this rpo_guard needs {AUDIT_SCHEMA_VERSION} (run `rpo-guard migrate`)" in log
     assert [r["id"] for r in v1.audit_rows()] == [1, 2] and "'reason': 'error'" in log
     r = rpo_guard(v1, "check", "3331234567", "--brand", BRAND)
     assert r.returncode == 1 and r.stdout.startswith("BLOCK error") and "rpo-guard migrate" in r.stdout
@@ -185,7 +186,8 @@ def test_migrate_v1_keeps_every_row_and_decides_as_before(v1):
     assert r.returncode == 0, r.stderr
     assert "migrated to version 2" in r.stdout and "step 2 applied" in r.stdout
     assert r.stdout.count("step 2 applied") == 2
-    assert version(v1.cfg.register_db) == 2 and version(v1.cfg.audit_db) == 2
+    assert version(v1.cfg.register_db) == 2 and version(v1.cfg.audit_db) == AUDIT_SCHEMA_VERSION == 3
+    assert "step 3 applied" in r.stdout
     assert dump(v1.cfg.register_db) == before_rpo and dump(v1.cfg.audit_db) == before_audit
     assert sequence(v1.cfg.audit_db) == [("attempts", 3)] and unique_indexes(v1.cfg.audit_db) == []
     c = sqlite3.connect(v1.cfg.register_db)
@@ -289,7 +291,43 @@ def test_a_failing_audit_step_rolls_back_whole(v1):
     c.execute("DROP TABLE attempts_v1")
     c.commit()
     c.close()
-    assert rpo_guard(v1, "migrate").returncode == 0 and version(v1.cfg.audit_db) == 2
+    assert rpo_guard(v1, "migrate").returncode == 0 and version(v1.cfg.audit_db) == AUDIT_SCHEMA_VERSION
+
+
+def count_plan(path) -> str:
+    from rpo_guard.audit.attempts import _COUNT_BRAND
+    c = sqlite3.connect(path)
+    try:
+        return " ".join(r[-1] for r in c.execute("EXPLAIN QUERY PLAN " + _COUNT_BRAND, ("+393331234567", "2026-01-01", BRAND)))
+    finally:
+        c.close()
+
+
+def test_migrate_v2_audit_log_to_the_covering_e164_index(env):
+    """Version 2 indexed e164 alone: the attempt caps' count then read the rows. Step 3 makes
+    the index cover the count; the rows, their chain and the register are untouched."""
+    env.init()
+    log = AuditLog(env.cfg.audit_db)
+    for i, number in enumerate((FREE, FREE, REGISTERED)):
+        log.append({"at": f"2026-11-2{i}T10:00:00.000+01:00", "uniqueid": str(i), "channel": "", "callerid": "",
+                    "accountcode": "", "brand": BRAND, "dialed": number, "e164": number, "decision": "ALLOW",
+                    "reason": "not_registered", "basis": None, "detail": "", "latency_ms": 1.0, "via": "agi"})
+    log.close()
+    assert "COVERING INDEX attempts_e164" in count_plan(env.cfg.audit_db)
+    fresh_objects, rows = objects(env.cfg.audit_db), dump(env.cfg.audit_db)
+    c = sqlite3.connect(env.cfg.audit_db)  # back to version 2, as that code made it
+    c.executescript("DROP INDEX attempts_e164; CREATE INDEX attempts_e164 ON attempts(e164); PRAGMA user_version = 2;")
+    c.close()
+    assert "COVERING" not in count_plan(env.cfg.audit_db)
+    s = agi(env, FREE)  # refused until migrated, and the attempt kept in the failure log
+    assert (s.result, s.reason) == ("BLOCK", "error")
+    assert f"audit schema version 2, this rpo_guard needs {AUDIT_SCHEMA_VERSION}" in env.failures.read_text()
+    r = rpo_guard(env, "migrate")
+    assert r.returncode == 0 and "step 3 applied" in r.stdout and "step 2" not in r.stdout, r.stdout
+    assert version(env.cfg.audit_db) == AUDIT_SCHEMA_VERSION == 3
+    assert objects(env.cfg.audit_db) == fresh_objects and dump(env.cfg.audit_db) == rows
+    assert "COVERING INDEX attempts_e164" in count_plan(env.cfg.audit_db)
+    assert rpo_guard(env, "audit", "verify").returncode == 0
 
 
 def test_a_foreign_database_is_refused(env):
