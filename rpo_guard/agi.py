@@ -130,11 +130,12 @@ def run(argv: list[str]) -> int:
         policy = cfg.policy_for(brand)
         if policy.attempt_caps:
             # The attempts are counted on the connection the row is then appended with
-            # (it creates audit.db when missing); without it the cap refuses (BLOCK/error).
+            # (it creates audit.db when missing), under its write lock, which the append
+            # commits; without it the cap refuses (BLOCK/error).
             try:
                 log = _open_audit(cfg)
                 from rpo_guard.audit.attempts import AttemptCounter
-                attempts = AttemptCounter(log.conn)
+                attempts = AttemptCounter(log.conn, lock=log.write_lock())
             except Exception as exc:
                 log_failure(f"audit log {cfg.audit_db} (attempt caps): {type(exc).__name__}: {exc}", log_file)
 

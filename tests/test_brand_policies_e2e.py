@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
 
 from brand_policy_table import (BRANDS_CONFIG, CALLBACK, CAPPED, CASES, CONSENTED, ENERGY, FREE, LINE_0843,
                                 LINE_0844, PLAIN, ROME_LINE, SALES, build, insert_attempts)
-from conftest import agi_path
+from conftest import ROME, agi_path, today_rome
 from rpo_guard import config as config_mod
 from rpo_guard.cli.main import cli
 from rpo_guard.harness import Channel, run_process_agi
@@ -206,3 +207,58 @@ def test_policy_for_a_brand(tmp_path):
     assert cfg.policy_for("N").attempt_caps[-1] == AttemptCap(1, 30, False)
     assert cfg.policy_for("e") == cfg.policy  # brand names are exact
     assert cfg.policy.attempt_caps == (AttemptCap(4, 30, False),)
+
+
+def _agi_waiting_for_a_lock(deadline: float) -> bool:
+    """True once a process AGI child of this test sleeps in SQLite's busy handler (nanosleep)."""
+    import os
+    import time
+    me = str(os.getpid())
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = f.read().rsplit(")", 1)[1].split()[1]
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                with open(f"/proc/{pid}/wchan") as f:
+                    wchan = f.read()
+            except OSError:
+                continue
+            if ppid == me and b"rpo_guard.agi" in cmdline and "nanosleep" in wchan:
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def test_two_process_agis_cannot_both_take_the_last_place(capped):
+    """One AGI (played here by the test) has counted 1 of 2 under the write lock and allowed
+    its call; a second AGI checking the same number meanwhile must wait for that row and count
+    it, so it is refused at exactly 2. (Counting without the lock, it saw 1 and allowed.)"""
+    import threading
+    import time
+
+    from rpo_guard.audit.log import AuditLog
+    capped.write_config(BRANDS_CONFIG + "\n[store]\naudit_busy_timeout_ms = 30000\n")
+    insert_attempts(capped, [(FREE_E164, CAPPED, "ALLOW", 3)])   # 1 of 2
+    first = AuditLog(capped.cfg.audit_db)
+    second = {}
+    with first.write_lock():
+        from rpo_guard.audit.attempts import count_allowed
+        assert count_allowed(first.conn, FREE_E164, CAPPED, today_rome() - timedelta(days=29)) == 1
+    runner = threading.Thread(target=lambda: second.update(s=agi(capped, FREE, CAPPED)))
+    runner.start()
+    try:
+        assert _agi_waiting_for_a_lock(time.monotonic() + 30), "the second AGI never waited for the write lock"
+        assert runner.is_alive() and not second
+        first.append({"at": datetime.now(ROME).isoformat(timespec="milliseconds"), "brand": CAPPED,
+                      "dialed": FREE, "e164": FREE_E164, "decision": "ALLOW", "reason": "not_registered",
+                      "basis": {}, "detail": "the first AGI's call", "via": "agi"})   # 2 of 2, committed
+    finally:
+        first.close()
+        runner.join(60)
+    s = second["s"]
+    assert (s.result, s.reason) == ("BLOCK", "attempt_cap")
+    rows = [r for r in capped.audit_rows() if r["e164"] == FREE_E164 and r["via"] == "agi"]
+    assert [(r["decision"], r["detail"] == "the first AGI's call") for r in rows] == [
+        ("ALLOW", True), ("BLOCK", False)]

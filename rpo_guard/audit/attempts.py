@@ -34,15 +34,17 @@ class AttemptCounter:
     """The counts for :func:`rpo_guard.guard.check_call`, on one audit.db connection.
 
     The process AGI passes the connection of the AuditLog it will append to
-    (it creates audit.db when missing); ``rpo-guard check`` a read-only one.
-    Nothing is reserved between the count and the append: two process AGIs
-    checking the same number in the same instant may both pass at N-1 (the
-    FastAGI server, which sees every call it decides, does not let them).
+    (it creates audit.db when missing) and that log's ``write_lock()`` as
+    ``lock``: the count is made under the write lock, which the append of the
+    call's row then commits, so two process AGIs checking the same number in
+    the same instant count one after the other and cannot both pass at N-1
+    (the lock is held only for calls under a cap, from the count to the
+    append). ``rpo-guard check`` counts on a read-only connection, no lock.
     """
-    lock = nullcontext()
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, lock=None):
         self.conn = conn
+        self.lock = nullcontext() if lock is None else lock
 
     @classmethod
     def open_readonly(cls, path: str, busy_timeout_ms: int = 1000) -> "AttemptCounter":

@@ -360,6 +360,14 @@ class AuditLog:
         # seq with every row any connection inserts, and a row deleted from the end
         # does not lower it.
         self._tail = None
+        self._holding = False  # the write lock taken by write_lock(), for the next append
+
+    def write_lock(self) -> "_WriteLock":
+        """Take the write lock now and keep it for the next :meth:`append_many`, which
+        commits under it (a context manager: an exception in the block gives the lock
+        back). The process AGI counts a number's attempts under it, so that two AGIs
+        checking one number under a cap count and append one after the other."""
+        return _WriteLock(self)
 
     def _create(self, version: int) -> None:
         if version > AUDIT_SCHEMA_VERSION:
@@ -406,15 +414,17 @@ class AuditLog:
         prepared = [values_of(r) for r in rows]
         conn = self.conn
         tail, self._tail = self._tail, None  # only a clean commit restores it
-        if tail is not None and len(prepared) == 1:
+        holding, self._holding = self._holding, False
+        if tail is not None and len(prepared) == 1 and not holding:
             last_id, prev = tail
             h = row_hash(prev, last_id + 1, prepared[0])
             if conn.execute(self._INSERT_ON_TAIL, (last_id + 1, *prepared[0], prev, h, last_id)).rowcount == 1:
                 self._tail = (last_id + 1, h)
                 return [last_id + 1]
             tail = None  # another writer got in first: read the tail below
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            if not holding:
+                conn.execute("BEGIN IMMEDIATE")
             seq = conn.execute(self._SEQ).fetchone() if tail is not None else None
             last_id, prev = tail if seq is not None and seq[0] == tail[0] else chain_tail(conn)
             records = []
@@ -432,5 +442,30 @@ class AuditLog:
         self._tail = (last_id, prev)
         return [r[0] for r in records]
 
+    def release(self) -> None:
+        """Give back a write lock taken by :meth:`write_lock` without appending."""
+        self._holding = False
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
     def close(self) -> None:
         self.conn.close()
+
+
+class _WriteLock:
+    """``with log.write_lock():`` BEGIN IMMEDIATE on entry; kept on a clean exit (the next
+    append commits), given back on an exception."""
+
+    def __init__(self, log: AuditLog):
+        self.log = log
+
+    def __enter__(self) -> AuditLog:
+        self.log.release()
+        self.log.conn.execute("BEGIN IMMEDIATE")
+        self.log._holding = True
+        return self.log
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self.log.release()
+        return False
