@@ -1,7 +1,7 @@
 """FastAGI cost of the attempt cap: `rpo-guard serve` with the cap off and on, same run, interleaved.
 
     python bench/brand_policies.py [--numbers 1000000] [--audit-rows 1000000] [--seconds 1] [--rounds 3]
-                                   [--concurrency 1,16] [--rates ''] [--max-attempts 1000] [--brand-cap]
+                                   [--concurrency 1,16] [--rates ''] [--max-attempts 1000] [--brand-cap] [--control]
 
 The machinery of bench/fastagi_load.py (register and audit log built once and
 cached in --data-dir, the load generator that speaks FastAGI as Asterisk does,
@@ -15,7 +15,9 @@ log, which starts with --audit-rows rows); the generator draws the same
 numbers in every round, so a number gets a few rows. The default cap is never
 reached, so both servers take the same decisions and the difference is the
 cost of counting. Prints the CPU per call and the latencies of each, and the
-ratio cap on / cap off (target <= 1.1).
+ratio cap on / cap off (target <= 1.1). --control adds a third server, identical to
+the first, measured in the same rounds: the ratio of the two cap-off servers is
+what the machine's noise alone makes of a ratio.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def main() -> None:
     ap.add_argument("--rates", default="", help="open-loop points, calls/s")
     ap.add_argument("--max-attempts", type=int, default=1000, help="the cap (default: never reached)")
     ap.add_argument("--brand-cap", action="store_true", help="the cap-on server also has a brand cap (two counts)")
+    ap.add_argument("--control", action="store_true",
+                    help="a third server, cap off too, measured in the same rounds: off/off shows the noise")
     ap.add_argument("--data-dir", type=Path, default=None)
     args = ap.parse_args()
     data = args.data_dir or Path(tempfile.gettempdir()) / f"rpo-guard-bench-brands-{args.numbers}"
@@ -62,7 +66,8 @@ def main() -> None:
         cap += f"[brand {fl.BRAND}]\nmax_attempts = {args.max_attempts}\nattempt_window_days = 7\n"
     rpo_guard = str(Path(sys.executable).parent / "rpo-guard")
     servers = {}
-    for name, text in (("cap off", base), ("cap on", base + cap)):
+    kinds = [("cap off", base), ("cap on", base + cap)] + ([("control", base)] if args.control else [])
+    for name, text in kinds:
         conf = data / f"rpo-guard-{name.replace(' ', '-')}.conf"
         conf.write_text(text)
         env = dict(os.environ, RPO_GUARD_CONFIG=str(conf))
@@ -72,7 +77,8 @@ def main() -> None:
           f"interleaved; {os.cpu_count()} CPUs shared with the generator"
           + ("; cap on = a global and a brand cap (two counts per allowed call)" if args.brand_cap else ""))
     print(f"{'point':>7} | {'off calls':>9} {'p50 ms':>6} {'p99 ms':>6} {'cpu us':>6} | {'on calls':>8} "
-          f"{'p50 ms':>6} {'p99 ms':>6} {'cpu us':>6} | {'cpu on/off':>10}")
+          f"{'p50 ms':>6} {'p99 ms':>6} {'cpu us':>6} | {'cpu on/off':>10}"
+          + (f" | {'control cpu us':>14} {'off/control':>11}" if args.control else ""))
     points = [(int(x), 0) for x in args.concurrency.split(",") if x]
     points += [(0, float(x)) for x in args.rates.split(",") if x]
     try:
@@ -87,7 +93,10 @@ def main() -> None:
             errors = {k: sum(r["errors"] for r in rs) for k, rs in runs.items()}
             print(f"{label:>7} | {n_off:>9,} {off['p50']:>6.2f} {off['p99']:>6.2f} {off['cpu_us']:>6.0f} | "
                   f"{n_on:>8,} {on['p50']:>6.2f} {on['p99']:>6.2f} {on['cpu_us']:>6.0f} | "
-                  f"{on['cpu_us'] / off['cpu_us']:>10.2f}" + (f"  errors: {errors}" if any(errors.values()) else ""),
+                  f"{on['cpu_us'] / off['cpu_us']:>10.2f}"
+                  + (f" | {fl.median_of(runs['control'])['cpu_us']:>14.0f} "
+                     f"{off['cpu_us'] / fl.median_of(runs['control'])['cpu_us']:>11.2f}" if args.control else "")
+                  + (f"  errors: {errors}" if any(errors.values()) else ""),
                   flush=True)
     finally:
         for proc, _ in servers.values():
@@ -101,7 +110,9 @@ def main() -> None:
         capped = conn.execute("SELECT count(*) FROM attempts WHERE reason = 'attempt_cap'").fetchone()[0]
     print(f"calls refused by the cap: {capped}")
     print("cpu us = server CPU (all threads) per call; medians of the rounds. p50/p99 over every call. "
-          "cpu on/off = the cost per call of the cap (target <= 1.1).")
+          "cpu on/off = the cost per call of the cap (target <= 1.1)"
+          + ("; off/control = two identical servers, cap off: how far apart noise alone puts them." if args.control
+             else "."))
 
 
 if __name__ == "__main__":
