@@ -559,7 +559,10 @@ def load(explicit: str | None = None, skip: tuple[str, ...] = ()) -> Config:
     if windows and values.get("retention_days") and values["retention_days"] < max(windows):
         raise ConfigError(f"{path}: [audit] retention_days = {values['retention_days']} is shorter than an attempt "
                           f"cap's window ({max(windows)} days): pruned attempts would not be counted")
-    return Config(path=path, sources=sources, brands=brands, **values)
+    cfg = Config(path=path, sources=sources, brands=brands, **values)
+    from rpo_guard.failure_log import use_timezone
+    use_timezone(cfg.timezone)  # failure lines are stamped as the audit log's rows
+    return cfg
 
 
 def settings_table() -> str:

@@ -18,6 +18,15 @@ import os
 import sys
 
 FALLBACK_PATH = "/var/log/rpo-guard/failures.log"
+# The timezone of the stamps: [rules] timezone once a configuration is loaded (rpo_guard.config.load
+# sets it), Europe/Rome before (the default of that setting).
+_timezone = "Europe/Rome"
+
+
+def use_timezone(tz: str) -> None:
+    """Stamp the lines in ``tz`` from now on ([rules] timezone)."""
+    global _timezone
+    _timezone = tz
 
 
 def fallback_path() -> str:
@@ -60,13 +69,14 @@ def _append(path: str, line: str) -> bool:
         return False
 
 
-def log_failure(message: str, log_file: str | None = None, tz: str = "Europe/Rome") -> list[str]:
-    """Record one failure line; never raises. ``tz``: [rules] timezone. Returns where it
-    went (paths, ``syslog``, ``stderr``)."""
+def log_failure(message: str, log_file: str | None = None, tz: str | None = None) -> list[str]:
+    """Record one failure line; never raises. ``tz``: the stamp's timezone (default: the
+    loaded configuration's [rules] timezone). Returns where it went (paths, ``syslog``,
+    ``stderr``)."""
     where: list[str] = []
     try:
         message = message.replace("\n", " ")
-        line = f"{_stamp(tz)} rpo-guard[{os.getpid()}]: {message}"
+        line = f"{_stamp(tz or _timezone)} rpo-guard[{os.getpid()}]: {message}"
         if log_file and _append(log_file, line):
             return [log_file]
         if os.path.exists("/dev/log"):

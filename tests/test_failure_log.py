@@ -50,3 +50,15 @@ def test_stamped_in_the_rules_timezone_on_a_utc_machine(tmp_path):
     stamp = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S%z")
     rome = datetime.now(ZoneInfo("Europe/Rome")).utcoffset()
     assert stamp.utcoffset() == rome and rome.total_seconds() in (3600, 7200)
+
+
+def test_stamped_in_the_configured_timezone(tmp_path):
+    """[rules] timezone set to another zone: the lines follow it once the configuration is loaded."""
+    log, conf = tmp_path / "failures.log", tmp_path / "rpo-guard.conf"
+    conf.write_text(f"[paths]\ndata_dir = {tmp_path}\nlog_file = {log}\n[rules]\ntimezone = Asia/Tokyo\n")
+    code = ("import sys; from rpo_guard import config; from rpo_guard.failure_log import log_failure; "
+            "log_failure('before', sys.argv[1]); cfg = config.load(sys.argv[2]); log_failure('after', cfg.log_file)")
+    subprocess.run([sys.executable, "-c", code, str(log), str(conf)], env={**os.environ, "TZ": "UTC"}, check=True)
+    stamps = [datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S%z") for line in log.read_text().splitlines()]
+    assert [s.utcoffset().total_seconds() for s in stamps] == [
+        datetime.now(ZoneInfo("Europe/Rome")).utcoffset().total_seconds(), 9 * 3600]
