@@ -204,24 +204,32 @@ def make_digest(conn, day: str, made_at: str, key: bytes | None = None) -> dict:
     ``head_id``/``head_hash`` are the newest row dated on or before ``day``
     (the date part of ``at``, in the rules' timezone); that one hash fixes
     every attempt up to it, so a copy kept off the machine proves later that
-    none of them was rewritten.
+    none of them was rewritten. ``rows``, ``first_id`` and ``last_id`` take
+    every row of the day; ``allowed``, ``refused`` and ``by_reason`` only the
+    calls to someone: the test calls of simulate-call and selftest, which
+    reached no one, are counted apart in ``test_calls`` (digest v2; v1 counted
+    them with the others).
     """
     conn.execute("BEGIN")
     try:
         counts = conn.execute(
-            "SELECT decision, reason, count(*), min(id), max(id) FROM attempts WHERE substr(at, 1, 10) = ?"
-            " GROUP BY decision, reason ORDER BY decision, reason", (day,)).fetchall()
+            "SELECT decision, reason, count(*), min(id), max(id),"
+            " coalesce(via, '') = 'simulate' OR coalesce(via, '') LIKE '%-selftest' AS test"
+            " FROM attempts WHERE substr(at, 1, 10) = ?"
+            " GROUP BY decision, reason, test ORDER BY decision, reason", (day,)).fetchall()
         head = conn.execute("SELECT id, hash FROM attempts WHERE id = (SELECT max(id) FROM attempts"
                             " WHERE substr(at, 1, 10) <= ?)", (day,)).fetchone()
         pruned = conn.execute("SELECT coalesce(max(last_id), 0) FROM checkpoints").fetchone()[0]
     finally:
         conn.execute("COMMIT")
+    calls = [c for c in counts if not c[5]]
     digest = {
-        "digest": "rpo_guard audit digest v1", "date": day, "made_at": made_at,
+        "digest": "rpo_guard audit digest v2", "date": day, "made_at": made_at,
         "rows": sum(c[2] for c in counts),
-        "allowed": sum(c[2] for c in counts if c[0] == "ALLOW"),
-        "refused": sum(c[2] for c in counts if c[0] == "BLOCK"),
-        "by_reason": {f"{c[0]} {c[1]}": c[2] for c in counts},
+        "allowed": sum(c[2] for c in calls if c[0] == "ALLOW"),
+        "refused": sum(c[2] for c in calls if c[0] == "BLOCK"),
+        "by_reason": {f"{c[0]} {c[1]}": c[2] for c in calls},
+        "test_calls": sum(c[2] for c in counts if c[5]),
         "first_id": min((c[3] for c in counts), default=None),
         "last_id": max((c[4] for c in counts), default=None),
         "head_id": head[0] if head else None, "head_hash": head[1] if head else None,

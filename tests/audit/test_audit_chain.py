@@ -207,6 +207,28 @@ def test_digest_counts_head_and_signature(db):
     assert make_digest(open_ro(db), days[1], "x", key=None)["hmac_sha256"] is None
 
 
+def test_digest_counts_the_test_calls_apart(tmp_path):
+    """simulate-call's and selftest's rows are in the day's rows and its id range, but
+    not in allowed / refused / by_reason, which count calls to someone."""
+    from datetime import datetime
+
+    from audit_helpers import ROME
+    path = tmp_path / "audit.db"
+    at = datetime(2026, 10, 5, 10, 0, tzinfo=ROME)
+    log = AuditLog(path)
+    vias = ["agi", "simulate", "fastagi", "agi-selftest", "fastagi-selftest", "fastagi", None]
+    for i, via in enumerate(vias):
+        log.append(make_row(i, at=at, via=via, decision="ALLOW" if i % 2 else "BLOCK",
+                            reason="not_registered" if i % 2 else "rpo_registered"))
+    log.close()
+    d = make_digest(open_ro(path), "2026-10-05", "x")
+    assert (d["rows"], d["test_calls"], d["first_id"], d["last_id"]) == (7, 3, 1, 7)
+    # the calls: agi (row 1, BLOCK), fastagi (3, BLOCK), fastagi (6, ALLOW), no via (7, BLOCK)
+    assert (d["allowed"], d["refused"]) == (1, 3)
+    assert d["by_reason"] == {"ALLOW not_registered": 1, "BLOCK rpo_registered": 3}
+    assert d["digest"] == "rpo_guard audit digest v2"
+
+
 # -- retention ---------------------------------------------------------------
 
 def test_prune_keeps_the_rest_verifiable_and_is_recorded(db):
