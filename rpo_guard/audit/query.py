@@ -2,7 +2,9 @@
 
 Everything here reads through the ``attempts_explained`` view (documented in
 docs/auditor.md), so what the CLI prints, what an export holds and what an
-auditor sees in Datasette are the same columns.
+auditor sees in Datasette are the same columns. The same functions read the
+fleet's central trail when given its :class:`Source` (``rpo_guard.fleet.audit.CENTRAL``):
+the same filters and columns, with the box in front.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -35,28 +38,61 @@ class Filters:
     callerid: str | None = None
     uniqueid: str | None = None
     simulated: bool | None = None  # False: leave out `rpo-guard simulate-call`'s rows (via = simulate)
+    box: str | None = None        # fleet mode: one box's rows of the central trail
 
-    def where(self) -> tuple[str, list]:
+    def where(self, postgres: bool = False) -> tuple[str, list]:
+        """The WHERE clause and its parameters, for SQLite (audit.db) or PostgreSQL (the centre).
+
+        Times are compared as moments in both: ``julianday`` in SQLite, ``timestamptz`` in PostgreSQL.
+        """
+        p = "%s" if postgres else "?"
+        instant = (lambda x: f"({x})::timestamptz") if postgres else (lambda x: f"julianday({x})")
         clauses, params = [], []
         if self.simulated is False:
             clauses.append("via != 'simulate'")
         elif self.simulated:
             clauses.append("via = 'simulate'")
         if self.since:
-            clauses.append("julianday(at) >= julianday(?)")
+            clauses.append(f"{instant('at')} >= {instant(p)}")
             params.append(self.since)
         if self.until:
-            clauses.append("julianday(at) < julianday(?)")
+            clauses.append(f"{instant('at')} < {instant(p)}")
             params.append(self.until)
-        for col, value in (("e164", self.e164), ("brand", self.brand), ("decision", self.decision),
-                           ("callerid", self.callerid), ("uniqueid", self.uniqueid)):
+        if self.box is not None and not postgres:
+            raise ValueError("a box is a filter of the central trail (fleet mode) only")
+        for col, value in (("box", self.box), ("e164", self.e164), ("brand", self.brand),
+                           ("decision", self.decision), ("callerid", self.callerid), ("uniqueid", self.uniqueid)):
             if value is not None:
-                clauses.append(f"{col} = ?")
+                clauses.append(f"{col} = {p}")
                 params.append(value)
         if self.reasons:
-            clauses.append(f"reason IN ({', '.join('?' * len(self.reasons))})")
+            clauses.append(f"reason IN ({', '.join([p] * len(self.reasons))})")
             params.extend(self.reasons)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _execute(conn, sql: str, params):
+    return conn.execute(sql, params)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where attempts are read: one box's audit.db (:data:`LOCAL`) or the fleet's central trail
+    (``rpo_guard.fleet.audit.CENTRAL``). Both offer the columns of ``attempts``; ``explained``
+    is the relation with :data:`EXPORT_COLUMNS`, ``keys`` the columns shown before them."""
+    attempts: str = "attempts"
+    explained: str = "attempts_explained"
+    keys: tuple[str, ...] = ()
+    order: tuple[str, ...] = ("id",)
+    postgres: bool = False
+    stream: Callable = _execute   # (conn, sql, params) -> a cursor read with fetchmany
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.keys + EXPORT_COLUMNS
+
+
+LOCAL = Source()
 
 
 def moment(text: str, tz: str, end: bool = False) -> str:
@@ -79,14 +115,19 @@ def moment(text: str, tz: str, end: bool = False) -> str:
     return at.isoformat()
 
 
-def select(conn, filters: Filters, limit: int | None = None, newest_first: bool = False):
-    where, params = filters.where()
-    sql = f"SELECT {', '.join(EXPORT_COLUMNS)} FROM attempts_explained{where} ORDER BY id"
-    if newest_first:
-        sql += " DESC"
+def select(conn, filters: Filters, limit: int | None = None, newest_first: bool = False, source: Source = LOCAL):
+    """The matching rows (``source.columns``), oldest first, or the newest first."""
+    where, params = filters.where(source.postgres)
+    order = ", ".join(c + (" DESC" if newest_first else "") for c in source.order)
+    sql = f"SELECT {', '.join(source.columns)} FROM {source.explained}{where} ORDER BY {order}"
     if limit:
         sql += f" LIMIT {int(limit)}"
-    return conn.execute(sql, params)
+    return source.stream(conn, sql, params)
+
+
+def count(conn, filters: Filters, source: Source = LOCAL) -> int:
+    where, params = filters.where(source.postgres)
+    return conn.execute(f"SELECT count(*) FROM {source.attempts}{where}", params).fetchone()[0]
 
 
 def _rows(cur, size: int = 5000):
@@ -97,44 +138,46 @@ def _rows(cur, size: int = 5000):
         yield from batch
 
 
-def export(conn, filters: Filters, fmt: str, out) -> int:
+def export(conn, filters: Filters, fmt: str, out, source: Source = LOCAL) -> int:
     """Stream the matching rows to ``out`` (text file) as csv or jsonl; returns the row count.
 
     Constant memory: rows are fetched and written a few thousand at a time.
     CSV: a header line, NULL as an empty cell. JSONL: one object per line,
     NULL as null, ``basis`` as the JSON text the hash covers.
     """
-    cur = select(conn, filters)
+    if fmt not in ("csv", "jsonl"):
+        raise ValueError(f"unknown export format {fmt!r}")
+    cur = select(conn, filters, source=source)
+    cols = source.columns
     n = 0
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(EXPORT_COLUMNS)
+        w.writerow(cols)
         for batch in iter(lambda: cur.fetchmany(5000), []):
             w.writerows(batch)
             n += len(batch)
     elif fmt == "jsonl":
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-        cols = EXPORT_COLUMNS
         for batch in iter(lambda: cur.fetchmany(5000), []):
             out.write("".join(dumps(dict(zip(cols, r))) + "\n" for r in batch))
             n += len(batch)
-    else:
-        raise ValueError(f"unknown export format {fmt!r}")
     return n
 
 
 SELFTEST_VIA = "-selftest"  # the end of `via` on the rows of `rpo-guard selftest`'s test calls
 
 
-def summary(conn, filters: Filters) -> list[dict]:
-    """Counts per day, brand, decision and reason (the self-test calls left out)."""
-    where, params = filters.where()
+def summary(conn, filters: Filters, source: Source = LOCAL) -> list[dict]:
+    """Counts per day, brand, decision and reason (per box first at the centre; the self-test calls left out)."""
+    where, params = filters.where(source.postgres)
     # the test calls of `rpo-guard selftest` are not attempts to reach anyone
-    where = (where + " AND " if where else " WHERE ") + f"COALESCE(via, '') NOT LIKE '%{SELFTEST_VIA}'"
+    where = (where + " AND " if where else " WHERE ") + f"COALESCE(via, '') NOT LIKE {'%s' if source.postgres else '?'}"
+    names = (*source.keys, "day", "brand", "decision", "reason")
+    groups = ", ".join(str(i) for i in range(1, len(names) + 1))
     cur = conn.execute(
-        f"SELECT substr(at, 1, 10) AS day, brand, decision, reason, count(*) FROM attempts{where}"
-        " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", params)
-    return [{"day": r[0], "brand": r[1], "decision": r[2], "reason": r[3], "attempts": r[4]} for r in cur]
+        f"SELECT {''.join(k + ', ' for k in source.keys)}substr(at, 1, 10) AS day, brand, decision, reason, count(*)"
+        f" FROM {source.attempts}{where} GROUP BY {groups} ORDER BY {groups}", [*params, f"%{SELFTEST_VIA}"])
+    return [dict(zip((*names, "attempts"), r)) for r in cur]
 
 
 # -- explanations --------------------------------------------------------------
