@@ -3,7 +3,8 @@
 No network access is needed to view it: the CSS, the chart (inline SVG) and
 the few lines of script are in the file itself; nothing is fetched. The
 chart shows the attempts per day, allowed above the axis and refused below,
-stacked by reason.
+stacked by reason. A report of the fleet's central trail (``audit report --central``)
+verifies each box's chain and adds a table of the counts per box.
 """
 from __future__ import annotations
 
@@ -159,37 +160,81 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
-def render(*, groups: list[dict], verify_result, title: str, generated_at: str, period: str,
-           register_db: Path | None = None, checkpoints: list[tuple] = (), notes: list[str] = ()) -> str:
-    e = html.escape
-    total = sum(g["attempts"] for g in groups)
-    allowed = sum(g["attempts"] for g in groups if g["decision"] == "ALLOW")
-    refused = total - allowed
-    by_reason: dict[tuple, int] = defaultdict(int)
-    per_day: dict[str, dict] = defaultdict(lambda: defaultdict(int))
+def _tally(groups: list[dict], key: str) -> dict[str, dict]:
+    """Per value of ``key`` (a day, a box): total, ALLOW, BLOCK, covered and uncovered attempts."""
+    out: dict[str, dict] = defaultdict(lambda: defaultdict(int))
     for g in groups:
-        by_reason[(g["decision"], g["reason"])] += g["attempts"]
-        d = per_day[g["day"]]
+        d = out[g[key]]
         d["total"] += g["attempts"]
         d[g["decision"]] += g["attempts"]
         if g["reason"] in COVERED:
             d["covered"] += g["attempts"]
         if g["reason"] in UNCOVERED:
             d["uncovered"] += g["attempts"]
+    return out
+
+
+def _pct(a, b) -> str:
+    return f"{100 * a / b:.1f}%" if b else "–"
+
+
+def _integrity(verify_result, boxes: dict | None) -> list[str]:
+    e = html.escape
+    if boxes is None:
+        v = verify_result
+        parts = [f'<h2>Integrity of the log</h2><div id="verify" class="verify {"ok" if v.ok else "bad"}">'
+                 f'{"✔" if v.ok else "✘"} {e(v.summary())}</div>']
+        return parts + [f'<div class="meta">{e(note)}</div>' for note in v.notes]
+    ok = all(v.ok for v in boxes.values())
+    parts = [f'<h2>Integrity of the trail, box by box</h2><div id="verify" class="verify {"ok" if ok else "bad"}">'
+             + (f"{'✔' if ok else '✘'} {len(boxes)} box chain(s) verified at the centre"
+                + ("" if ok else f"; broken: {e(', '.join(b for b, v in boxes.items() if not v.ok))}")
+                if boxes else "no box has shipped audit rows")
+             + "</div>"]
+    for box, v in boxes.items():
+        parts.append(f'<div class="verify {"ok" if v.ok else "bad"}" data-box="{e(box)}">'
+                     f'{"✔" if v.ok else "✘"} box {e(box)}: {e(v.summary())}</div>')
+        parts += [f'<div class="meta">{e(note)}</div>' for note in v.notes]
+    return parts
+
+
+def _per_box(groups: list[dict], boxes: dict) -> list[str]:
+    """The counts of each box of the fleet (a box with no attempts in the period too)."""
+    e = html.escape
+    tally = _tally(groups, "box")
+    parts = ['<h2>Attempts per box</h2><table id="boxes"><tr><th>box</th><th class=n>attempts</th>'
+             "<th class=n>allowed</th><th class=n>refused</th><th class=n>consultation coverage</th>"
+             "<th>chain at the centre</th></tr>"]
+    for box in sorted(set(boxes) | set(tally)):
+        d, v = tally[box], boxes.get(box)
+        chain = "–" if v is None else (f"intact, {v.rows} rows" if v.ok else f"BROKEN at row {v.problem.row_id}")
+        parts.append(f'<tr data-box="{e(box)}"><td>{e(box)}</td><td class=n>{d["total"]}</td>'
+                     f'<td class=n>{d["ALLOW"]}</td><td class=n>{d["BLOCK"]}</td>'
+                     f'<td class=n>{_pct(d["covered"], d["covered"] + d["uncovered"])}</td><td>{chain}</td></tr>')
+    return parts + ["</table>"]
+
+
+def render(*, groups: list[dict], verify_result=None, title: str, generated_at: str, period: str,
+           register_db: Path | None = None, checkpoints: list[tuple] = (), notes: list[str] = (),
+           boxes: dict | None = None) -> str:
+    """The report's HTML. ``boxes`` (box -> VerifyResult) makes it the fleet's: ``groups`` then name
+    their box, and ``verify_result`` is not used."""
+    e = html.escape
+    total = sum(g["attempts"] for g in groups)
+    allowed = sum(g["attempts"] for g in groups if g["decision"] == "ALLOW")
+    refused = total - allowed
+    by_reason: dict[tuple, int] = defaultdict(int)
+    for g in groups:
+        by_reason[(g["decision"], g["reason"])] += g["attempts"]
+    per_day = _tally(groups, "day")
     covered = sum(n for (_d, r), n in by_reason.items() if r in COVERED)
     uncovered = sum(n for (_d, r), n in by_reason.items() if r in UNCOVERED)
-
-    def pct(a, b):
-        return f"{100 * a / b:.1f}%" if b else "–"
+    pct = _pct
 
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>{e(title)}</h1><div class=\"meta\">period: {e(period)} · generated {e(generated_at)}</div>"]
-    v = verify_result
-    parts.append(f'<h2>Integrity of the log</h2><div id="verify" class="verify {"ok" if v.ok else "bad"}">'
-                 f'{"✔" if v.ok else "✘"} {e(v.summary())}</div>')
-    for note in v.notes:
-        parts.append(f'<div class="meta">{e(note)}</div>')
+    parts += _integrity(verify_result, boxes)
     for note in notes:
         parts.append(f'<div class="meta note">{e(note)}</div>')
     parts.append('<div class="tiles">'
@@ -198,6 +243,8 @@ def render(*, groups: list[dict], verify_result, title: str, generated_at: str, 
                  f'<div class="tile">refused<b>{refused}</b>{pct(refused, total)}</div>'
                  f'<div class="tile">consultation coverage<b id="coverage">{pct(covered, covered + uncovered)}</b>'
                  f'{covered} of {covered + uncovered}</div></div>')
+    if boxes is not None:
+        parts += _per_box(groups, boxes)
     parts.append("<h2>Attempts per day, by reason</h2>")
     if groups:
         parts.append(chart_svg(groups))
