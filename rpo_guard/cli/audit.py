@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -35,14 +36,15 @@ def _user() -> str:
         return "unknown"
 
 
-def _count(conn, filters) -> int:
-    where, params = filters.where()
-    return conn.execute(f"SELECT count(*) FROM attempts{where}", params).fetchone()[0]
-
-
 def _attempts(groups) -> str:
     n = sum(g["attempts"] for g in groups)
     return f"{n} attempt{'' if n == 1 else 's'}"
+
+
+def _totals(groups) -> str:
+    total = sum(g["attempts"] for g in groups)
+    allowed = sum(g["attempts"] for g in groups if g["decision"] == "ALLOW")
+    return f"total {total}: {allowed} allowed, {total - allowed} refused"
 
 
 def _simulated_note(n: int) -> str:
@@ -95,13 +97,43 @@ def make_filters(cfg, since=None, until=None, number=None, brand=None, decision=
 
 
 def with_filters(f):
+    """The filters, and --central/--box: the same command on the fleet's central trail."""
     @filter_options
+    @click.option("--central", is_flag=True, help="fleet mode: every box's attempts as shipped to the central "
+                                                  "PostgreSQL ([fleet] central), each naming its box")
+    @click.option("--box", metavar="NAME", help="with --central: only this box's attempts")
     @click.pass_obj
     @functools.wraps(f)
-    def wrapper(obj, since, until, number, brand, decision, reasons, callerid, uniqueid, **kw):
+    def wrapper(obj, since, until, number, brand, decision, reasons, callerid, uniqueid, central, box, **kw):
+        if box is not None and not central:
+            raise click.UsageError("--box names a box of the fleet's central trail: give --central too")
         filters = make_filters(obj.cfg, since, until, number, brand, decision, reasons, callerid, uniqueid)
-        return f(obj, filters, **kw)
+        return f(obj, replace(filters, box=box), central=central, **kw)
     return wrapper
+
+
+@contextmanager
+def _trail(cfg, central: bool, box: str | None = None):
+    """(connection, source): this box's audit.db, or with --central the fleet's centre, read in one snapshot."""
+    from rpo_guard.audit.query import LOCAL
+    if not central:
+        conn = _open(cfg)
+        try:
+            yield conn, LOCAL
+        finally:
+            conn.close()
+        return
+    from rpo_guard.fleet.audit import CENTRAL, boxes, known, snapshot
+    conn = _central(cfg)
+    try:
+        if box is not None and not known(conn, box):
+            names = ", ".join(boxes(conn)) or "none yet"
+            raise click.ClickException(f"--box {box}: no such box at the centre ([fleet] central); "
+                                       f"boxes with audit rows: {names}")
+        with snapshot(conn):
+            yield conn, CENTRAL
+    finally:
+        conn.close()
 
 
 @click.group("audit", short_help='Verify, list, explain, export and report attempts.')
@@ -159,13 +191,13 @@ def _central(cfg):
     """A connection to the fleet's centre, or a usage error."""
     from rpo_guard.fleet.schema import CentralError, check, connect
     if not cfg.central:
-        raise click.UsageError("--central needs fleet mode ([fleet] central)")
+        raise click.UsageError("--central needs fleet mode: set [fleet] central in the configuration")
     try:
         conn = connect(cfg.central, autocommit=True)
         check(conn)
         return conn
     except CentralError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"[fleet] central: {exc}") from None
 
 
 def _verify_central(cfg, as_json) -> None:
@@ -239,28 +271,30 @@ def digest(obj, day, out):
 @with_filters
 @click.option("--limit", type=int, default=100, show_default=True, help="the newest N matching attempts; 0 = all")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line (the export columns)")
-def list_(obj, filters, limit, as_json):
-    """List attempts (oldest first) matching the filters."""
-    from rpo_guard.audit.query import EXPORT_COLUMNS, select
+def list_(obj, filters, limit, as_json, central):
+    """List attempts (oldest first) matching the filters.
 
-    conn = _open(obj.cfg)
-    try:
+    With --central, every box's attempts at the centre, in time order, each line starting
+    with its box (the JSON objects have a "box" field).
+    """
+    from rpo_guard.audit.query import select
+
+    with _trail(obj.cfg, central, filters.box) as (conn, source):
         if limit:
-            rows = select(conn, filters, limit=limit, newest_first=True).fetchall()[::-1]
+            rows = select(conn, filters, limit=limit, newest_first=True, source=source).fetchall()[::-1]
         else:
-            rows = select(conn, filters)
+            rows = select(conn, filters, source=source)
         n = 0
         for r in rows:
             n += 1
+            d = dict(zip(source.columns, r))
             if as_json:
-                click.echo(json.dumps(dict(zip(EXPORT_COLUMNS, r)), ensure_ascii=False))
+                click.echo(json.dumps(d, ensure_ascii=False))
             else:
-                d = dict(zip(EXPORT_COLUMNS, r))
-                click.echo(f"{d['id']:>8}  {d['at']}  {d['decision']:<5} {d['reason']:<21} "
+                click.echo((f"{d['box']:<12} " if central else "")
+                           + f"{d['id']:>8}  {d['at']}  {d['decision']:<5} {d['reason']:<21} "
                            f"{d['e164'] or repr(d['dialed']):<16} brand={d['brand'] or '-'} "
                            f"cid={d['callerid'] or '-'} uid={d['uniqueid'] or '-'}")
-    finally:
-        conn.close()
     if not as_json:
         click.echo(f"({n} attempt{'s' if n != 1 else ''})", err=True)
 
@@ -288,61 +322,50 @@ def show(obj, row_id):
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
               help="csv: a header line, UTF-8; jsonl: one JSON object per line")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="file to write (default: stdout)")
-def export(obj, filters, fmt, out):
-    """Stream the matching attempts as CSV or JSON lines (columns in docs/auditor.md)."""
+def export(obj, filters, fmt, out, central):
+    """Stream the matching attempts as CSV or JSON lines (columns in docs/auditor.md).
+
+    With --central, every box's attempts at the centre, with a first column "box".
+    """
     from rpo_guard.audit.query import export as do_export
 
-    conn = _open(obj.cfg)
-    try:
+    with _trail(obj.cfg, central, filters.box) as (conn, source):
         if out:
             with open(out, "w", encoding="utf-8", newline="") as fh:
-                n = do_export(conn, filters, fmt, fh)
+                n = do_export(conn, filters, fmt, fh, source)
         else:
-            n = do_export(conn, filters, fmt, sys.stdout)
+            n = do_export(conn, filters, fmt, sys.stdout, source)
             sys.stdout.flush()
-    finally:
-        conn.close()
     click.echo(f"exported {n} attempt{'s' if n != 1 else ''}" + (f" to {out}" if out else ""), err=True)
 
 
 @audit.command()
 @with_filters
-@click.option("--json", "as_json", is_flag=True, help="a JSON list of {day, brand, decision, reason, attempts}")
-@click.option("--central", is_flag=True, help="fleet mode: every box's attempts at the centre, per box "
-                                              "(the other filters do not apply)")
+@click.option("--json", "as_json", is_flag=True, help="a JSON list of {day, brand, decision, reason, attempts} "
+                                                "(with --central, {box, day, ...})")
 def summary(obj, filters, as_json, central):
-    """Counts per day, brand, decision and reason."""
+    """Counts per day, brand, decision and reason (with --central, per box first)."""
+    from rpo_guard.audit.query import count
     from rpo_guard.audit.query import summary as do_summary
 
-    if central:
-        from rpo_guard.fleet.audit import summary as central_summary
-        conn = _central(obj.cfg)
-        try:
-            groups = central_summary(conn)
-        finally:
-            conn.close()
-        if as_json:
-            click.echo(json.dumps(groups, ensure_ascii=False))
-        else:
-            for g in groups:
-                click.echo(f"{g['box']:<12} {g['day']:<10}  {g['decision']:<8} {g['reason']:<21} {g['attempts']:>8}")
-        return
-    conn = _open(obj.cfg)
-    try:
-        groups = do_summary(conn, replace(filters, simulated=False))
-        simulated = _count(conn, replace(filters, simulated=True))
-        pruned = conn.execute("SELECT coalesce(sum(rows), 0), max(last_at) FROM checkpoints").fetchone()
-    finally:
-        conn.close()
+    with _trail(obj.cfg, central, filters.box) as (conn, source):
+        groups = do_summary(conn, replace(filters, simulated=False), source)
+        simulated = count(conn, replace(filters, simulated=True), source)
+        # the centre holds what each box still had when it joined; prunes are each box's own
+        pruned = (0, None) if central else \
+            conn.execute("SELECT coalesce(sum(rows), 0), max(last_at) FROM checkpoints").fetchone()
     if as_json:
         click.echo(json.dumps(groups, ensure_ascii=False))
         return
-    click.echo(f"{'day':<10}  {'brand':<16} {'decision':<8} {'reason':<21} {'attempts':>8}")
+    lead = f"{'box':<12} " if central else ""
+    click.echo(f"{lead}{'day':<10}  {'brand':<16} {'decision':<8} {'reason':<21} {'attempts':>8}")
     for g in groups:
-        click.echo(f"{g['day']:<10}  {(g['brand'] or '-'):<16} {g['decision']:<8} {g['reason']:<21} {g['attempts']:>8}")
-    total = sum(g["attempts"] for g in groups)
-    allowed = sum(g["attempts"] for g in groups if g["decision"] == "ALLOW")
-    click.echo(f"total {total}: {allowed} allowed, {total - allowed} refused")
+        lead = f"{g['box']:<12} " if central else ""
+        click.echo(f"{lead}{g['day']:<10}  {(g['brand'] or '-'):<16} {g['decision']:<8} {g['reason']:<21} "
+                   f"{g['attempts']:>8}")
+    for box in sorted({g["box"] for g in groups}) if central else ():
+        click.echo(f"box {box}: {_totals([g for g in groups if g['box'] == box])}")
+    click.echo(_totals(groups))
     if simulated:
         click.echo(f"({_simulated_note(simulated)})")
     if pruned[0]:
@@ -355,28 +378,41 @@ def summary(obj, filters, as_json, central):
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="the HTML file to write")
 @click.option("--title", default="rpo_guard: call attempts audit report", show_default=True,
               help="the report's heading")
-def report(obj, filters, out, title):
-    """Write one self-contained HTML report (chart, top reasons, coverage, verify result)."""
+def report(obj, filters, out, title, central):
+    """Write one self-contained HTML report (chart, top reasons, coverage, verify result).
+
+    With --central, of every box's attempts at the centre: each box's chain verified,
+    and a table of the counts per box.
+    """
     from rpo_guard.audit.chain import verify as do_verify
+    from rpo_guard.audit.query import count
     from rpo_guard.audit.query import summary as do_summary
     from rpo_guard.audit.report import render
 
     cfg = obj.cfg
-    conn = _open(cfg)
-    try:
-        groups = do_summary(conn, replace(filters, simulated=False))
-        simulated = _count(conn, replace(filters, simulated=True))
-        res = do_verify(conn)
-        checkpoints = conn.execute("SELECT id, pruned_at, pruned_by, rows, first_id, last_id, before"
-                                   " FROM checkpoints ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    boxes = res = None
+    checkpoints = []
+    with _trail(cfg, central, filters.box) as (conn, source):
+        groups = do_summary(conn, replace(filters, simulated=False), source)
+        simulated = count(conn, replace(filters, simulated=True), source)
+        if central:
+            from rpo_guard.fleet.audit import verify_all
+            boxes = verify_all(conn, filters.box)
+        else:
+            res = do_verify(conn)
+            checkpoints = conn.execute("SELECT id, pruned_at, pruned_by, rows, first_id, last_id, before"
+                                       " FROM checkpoints ORDER BY id").fetchall()
     period = f"{filters.since or 'start'} to {filters.until or 'now'}"
-    text = render(groups=groups, verify_result=res, title=title, generated_at=_now(cfg).isoformat(timespec="seconds"),
-                  period=period, register_db=cfg.register_db, checkpoints=checkpoints,
-                  notes=[_simulated_note(simulated)] if simulated else [])
+    text = render(groups=groups, verify_result=res, boxes=boxes, title=title,
+                  generated_at=_now(cfg).isoformat(timespec="seconds"), period=period, register_db=cfg.register_db,
+                  checkpoints=checkpoints, notes=[_simulated_note(simulated)] if simulated else [])
     Path(out).write_text(text, encoding="utf-8")
-    click.echo(f"report written to {out} ({_attempts(groups)}; log {'intact' if res.ok else 'BROKEN'})")
+    if central:
+        broken = [b for b, r in boxes.items() if not r.ok]
+        state = f"trail BROKEN (box {', '.join(broken)})" if broken else f"{len(boxes)} box chain(s) intact"
+    else:
+        state = f"log {'intact' if res.ok else 'BROKEN'}"
+    click.echo(f"report written to {out} ({_attempts(groups)}; {state})")
 
 
 @audit.command(short_help='Remove old attempts, keeping the rest verifiable.')

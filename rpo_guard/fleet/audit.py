@@ -99,22 +99,3 @@ def verify_box(conn, box: str) -> VerifyResult:
 def verify_all(conn, box: str | None = None) -> dict[str, VerifyResult]:
     """Every box's chain (or only ``box``'s), by box name."""
     return {b: verify_box(conn, b) for b in ([box] if box is not None else boxes(conn))}
-
-
-def summary(conn, since: str | None = None, until: str | None = None) -> list[dict]:
-    """Attempts per box, day, decision and reason (the central `audit summary`)."""
-    sql = ("SELECT box, substr(at, 1, 10), decision, reason, count(*) FROM box_attempts"
-           " WHERE (%s::text IS NULL OR at >= %s) AND (%s::text IS NULL OR at < %s)"
-           " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4")
-    return [dict(zip(("box", "day", "decision", "reason", "attempts"), r))
-            for r in conn.execute(sql, (since, since, until, until))]
-
-
-def rows(conn, box: str | None = None, limit: int | None = None):
-    sql = f"SELECT box, {', '.join(AUDIT_COLUMNS)} FROM box_attempts WHERE (%s::text IS NULL OR box = %s)" \
-          " ORDER BY at, box, id" + (" LIMIT %s" % int(limit) if limit else "")
-    keys = ("box",) + AUDIT_COLUMNS
-    cur = conn.cursor(name="central_rows")
-    cur.execute(sql, (box, box))
-    for r in cur:
-        yield dict(zip(keys, r))
