@@ -339,7 +339,7 @@ def export(obj, filters, fmt, out, central):
     click.echo(f"exported {n} attempt{'s' if n != 1 else ''}" + (f" to {out}" if out else ""), err=True)
 
 
-@audit.command()
+@audit.command(short_help="Counts per day, brand, decision and reason.")
 @with_filters
 @click.option("--json", "as_json", is_flag=True, help="a JSON list of {day, brand, decision, reason, attempts} "
                                                 "(with --central, {box, day, ...})")
