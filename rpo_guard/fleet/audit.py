@@ -23,7 +23,7 @@ EXPLAINED = """(SELECT box, id, at,
     j -> 'kind' AS basis_kind, j -> 'batch_id' AS batch_id, j -> 'consulted_on' AS consulted_on,
     j -> 'consent_id' AS consent_id, j -> 'given_at' AS consent_given_at, j -> 'evidence' AS evidence,
     j -> 'dnc_id' AS dnc_id, detail, latency_ms, via, basis, prev_hash, hash
-  FROM box_attempts CROSS JOIN LATERAL (SELECT basis::jsonb AS j) AS b) AS attempts_explained"""
+  FROM box_attempts CROSS JOIN LATERAL (SELECT basis::jsonb AS j OFFSET 0) AS b) AS attempts_explained"""
 
 
 def _server_cursor(conn, sql: str, params):
