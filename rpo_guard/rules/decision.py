@@ -367,14 +367,15 @@ def _attempt_cap_problem(facts: CallFacts, policy: Policy) -> Verdict | None:
         since = window_start(facts.today, cap.window_days)
         count = next((a.count for a in facts.attempt_counts
                       if a.per_brand == cap.per_brand and a.since == since), None)
+        if count is not None and count < cap.max_attempts:
+            continue  # under this cap (the common case: nothing to word)
         by = f"by brand {facts.brand or '(none)'}" if cap.per_brand else "by any brand"
         basis = {"kind": "attempt_cap", "max_attempts": cap.max_attempts, "window_days": cap.window_days,
                  "since": since.isoformat(), "scope": "brand" if cap.per_brand else "number"}
         if count is None:
             return _block(ATTEMPT_CAP, f"the number of attempts {by} since {since} is not known", **basis)
-        if count >= cap.max_attempts:
-            return _block(ATTEMPT_CAP, f"{count} allowed attempt(s) to this number {by} since {since}: the cap is "
-                          f"{cap.max_attempts} in {cap.window_days} day(s)", attempts=count, **basis)
+        return _block(ATTEMPT_CAP, f"{count} allowed attempt(s) to this number {by} since {since}: the cap is "
+                      f"{cap.max_attempts} in {cap.window_days} day(s)", attempts=count, **basis)
     return None
 
 
