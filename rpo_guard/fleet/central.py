@@ -259,6 +259,11 @@ def ship_attempts(conn, box: str, rows: list[tuple]) -> int:
 
     A row already there with the same hash is skipped (a second delivery); one with
     another hash is refused: the box's audit.db was replaced or rewritten.
+
+    The rows are inserted first and only those already there are compared, each found by
+    its key: no join of the incoming rows with box_attempts, whose plan the planner may
+    make a scan of the whole table when its statistics lag behind a fast-growing trail
+    (a ship then cost time in proportion to the table, and the agents fell behind).
     """
     if not rows:
         return 0
@@ -267,15 +272,18 @@ def ship_attempts(conn, box: str, rows: list[tuple]) -> int:
         with conn.cursor().copy(f"COPY incoming (box, {', '.join(AUDIT_COLUMNS)}) FROM STDIN") as copy:
             for r in rows:
                 copy.write_row((box, *r))
-        clash = conn.execute("SELECT i.id FROM incoming i JOIN box_attempts b ON b.box = i.box AND b.id = i.id"
-                             " WHERE b.hash <> i.hash ORDER BY i.id LIMIT 1").fetchone()
-        if clash:
-            raise CentralError(f"box {box}: audit row {clash[0]} differs from the one shipped before "
-                               "(its audit.db was replaced or rewritten); nothing shipped")
-        n = conn.execute(f"INSERT INTO box_attempts (box, {', '.join(AUDIT_COLUMNS)}) SELECT box,"
-                         f" {', '.join(AUDIT_COLUMNS)} FROM incoming ORDER BY id ON CONFLICT (box, id) DO NOTHING"
-                         ).rowcount
-    return n
+        inserted = {r[0] for r in conn.execute(
+            f"INSERT INTO box_attempts (box, {', '.join(AUDIT_COLUMNS)}) SELECT box, {', '.join(AUDIT_COLUMNS)}"
+            " FROM incoming ORDER BY id ON CONFLICT (box, id) DO NOTHING RETURNING id")}
+        again = {r[0]: r[-1] for r in rows if r[0] not in inserted}  # id -> hash, rows shipped before
+        if again:
+            held = conn.execute("SELECT id, hash FROM box_attempts WHERE box = %s AND id = ANY(%s) ORDER BY id",
+                                (box, sorted(again))).fetchall()
+            clash = next((i for i, h in held if again[i] != h), None)
+            if clash is not None:
+                raise CentralError(f"box {box}: audit row {clash} differs from the one shipped before "
+                                   "(its audit.db was replaced or rewritten); nothing shipped")
+    return len(inserted)
 
 
 def report_box(conn, box: str, last_seq: int, confirmed_at: float | None, outbox_depth: int, pending: int,
