@@ -58,3 +58,46 @@ def test_a_second_delivery_is_skipped_and_a_different_row_refused_whole(central)
         assert ship_attempts(conn, "a", rows(8, 8)) == 5
         assert [r[0] for r in conn.execute("SELECT hash FROM box_attempts WHERE box = 'a' ORDER BY id")] == \
             [f"h{i}" for i in range(1, 16)]
+
+
+def shipped(central, box: str) -> int:
+    with psycopg.connect(central) as conn:
+        return conn.execute("SELECT count(*) FROM box_attempts WHERE box = %s", (box,)).fetchone()[0]
+
+
+def append(box, first: int, count: int) -> None:
+    from audit_helpers import make_row
+    from rpo_guard.audit.log import AuditLog
+    log = AuditLog(box.cfg.audit_db)
+    log.append_many([make_row(i) for i in range(first, first + count)])
+    log.close()
+
+
+def test_new_audit_rows_are_shipped_without_a_commit_to_the_replica(make_box, central):
+    from rpo_guard.fleet.sandbox import wait_for
+    box = make_box("a", staleness=600, heartbeat=300)
+    append(box, 0, 5)
+    box.start_agent()
+    wait_for(lambda: shipped(central, "a") == 5 and box.replica()["confirmed_at"] is not None, what="first round")
+    confirmed = box.replica()["confirmed_at"]
+    for k in range(1, 5):
+        append(box, 5 * k, 5)
+        wait_for(lambda: shipped(central, "a") == 5 * (k + 1), what=f"shipment {k}")
+    # rpo.db was not written for them: the replica was confirmed once, at the start
+    assert box.replica()["confirmed_at"] == confirmed
+
+
+def test_a_steady_stream_of_audit_rows_never_holds_back_the_replica_confirmation(make_box, central):
+    import time
+    box = make_box("a", staleness=60, heartbeat=1)
+    box.start_agent()
+    seen = set()
+    i = 0
+    end = time.monotonic() + 6
+    while time.monotonic() < end:  # a new row every 20 ms: the agent always has audit rows to ship
+        append(box, i, 1)
+        i += 1
+        seen.add(box.replica()["confirmed_at"])
+        time.sleep(0.02)
+    assert len(seen - {None}) >= 3  # confirmed again about every second, not only at the start
+    assert box.check("+393331234567").reason != "replica_stale"
