@@ -48,6 +48,8 @@ SELECT 'n', EXISTS(SELECT 1 FROM consultations WHERE number = :n)
          OR EXISTS(SELECT 1 FROM dnc WHERE number = :n), NULL, NULL, NULL, NULL, NULL
 """
 # Fleet mode: the replica's last confirmation by the centre (rpo_guard.fleet.replica), in the same snapshot.
+# Read only when PRAGMA data_version has moved since the last read (see Store.lookup): while it
+# has not, no other connection has committed, so the confirmation kept is that of the snapshot.
 _FACTS_REPLICA = _FACTS + """
 UNION ALL
 SELECT 'r', confirmed_at, NULL, NULL, NULL, NULL, NULL FROM fleet_replica WHERE id = 1
@@ -88,8 +90,9 @@ class Store:
         # A fleet replica (rpo_guard.fleet) also answers when the centre last confirmed it,
         # read with the facts; ``clock`` (seconds since the epoch) gives its age.
         self._clock = clock
-        self._facts_sql = _FACTS_REPLICA if self.conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fleet_replica'").fetchone() else _FACTS
+        self._replica = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fleet_replica'").fetchone() is not None
+        self._confirmed = self._confirmed_version = None  # the confirmation as read at that data_version
         # Facts that are not about the number (declared caller IDs, cached
         # holidays) are kept between calls of a long-running server while
         # PRAGMA data_version says no other connection has committed since.
@@ -130,26 +133,20 @@ class Store:
         (for any brand), read in the same statement. ``at`` is the call's local
         time in ``tz``, as :func:`rpo_guard.rules.calendar_it.local_time` gives it."""
         c = self.conn
-        consultations, consents, dnc, silent = [], [], [], []
-        version = known = confirmed = None
-        since = (today - timedelta(days=silent_call_days)).isoformat()
-        for tag, a, b, d, e, f, g in c.execute(self._facts_sql, {"n": e164, "b": brand, "since": since}):
-            if tag == "c":
-                consultations.append(Consultation(batch_id=a, consulted_on=date.fromisoformat(b), registered=bool(d),
-                                                  brand=e, registration_date=_day(f)))
-            elif tag == "k":
-                consents.append(ConsentEvent(id=a, kind=b, given_at=date.fromisoformat(d), brand=e,
-                                             ends_at=_day(f), evidence=g or ""))
-            elif tag == "d":
-                dnc.append(DncEntry(id=a, brand=b, reason=d or ""))
-            elif tag == "s":
-                silent.append(SilentCall(id=a, on=date.fromisoformat(b)))
-            elif tag == "v":
-                version = a
-            elif tag == "n":
-                known = a == 1
+        params = {"n": e164, "b": brand, "since": (today - timedelta(days=silent_call_days)).isoformat()}
+        # A replica reads its confirmation with the facts only when data_version has moved
+        # since it was last read; if it has, the facts are read again with it, so that the
+        # two always come from one snapshot (never a newer confirmation with older facts).
+        with_confirmation = self._replica and self._confirmed_version is None
+        consultations, consents, dnc, silent, version, known, confirmed = self._read(params, with_confirmation)
+        if self._replica and not with_confirmation:
+            if version == self._confirmed_version:
+                confirmed = self._confirmed
             else:
-                confirmed = a
+                with_confirmation = True
+                consultations, consents, dnc, silent, version, known, confirmed = self._read(params, True)
+        if with_confirmation:
+            self._confirmed, self._confirmed_version = confirmed, version
         if version is None or known is None:
             raise StoreError(f"{self.path}: the facts query returned no data_version or known row")
         if version != self._shared_version:
@@ -171,6 +168,29 @@ class Store:
                          consents=tuple(consents), dnc=tuple(dnc), silent_calls=tuple(silent), when=when,
                          declared_caller_ids=declared,
                          replica_age=None if confirmed is None else self._clock() - confirmed), known
+
+    def _read(self, params: dict, with_confirmation: bool) -> tuple:
+        """The rows of the facts statement, sorted by table; with the replica's confirmation if asked."""
+        consultations, consents, dnc, silent = [], [], [], []
+        version = known = confirmed = None
+        for tag, a, b, d, e, f, g in self.conn.execute(_FACTS_REPLICA if with_confirmation else _FACTS, params):
+            if tag == "c":
+                consultations.append(Consultation(batch_id=a, consulted_on=date.fromisoformat(b), registered=bool(d),
+                                                  brand=e, registration_date=_day(f)))
+            elif tag == "k":
+                consents.append(ConsentEvent(id=a, kind=b, given_at=date.fromisoformat(d), brand=e,
+                                             ends_at=_day(f), evidence=g or ""))
+            elif tag == "d":
+                dnc.append(DncEntry(id=a, brand=b, reason=d or ""))
+            elif tag == "s":
+                silent.append(SilentCall(id=a, on=date.fromisoformat(b)))
+            elif tag == "v":
+                version = a
+            elif tag == "n":
+                known = a == 1
+            else:
+                confirmed = a
+        return consultations, consents, dnc, silent, version, known, confirmed
 
     def _holidays(self, day: date) -> dict:
         """The cached national holidays of ``day`` and the next day ("" = none), for
