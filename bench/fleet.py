@@ -8,14 +8,19 @@ process). Prints:
    first refused call on every other box: p50 / p99 over every (opt-out, box) pair
    (target p99 <= 1 s);
 2. a consultation of --numbers numbers (default 10,000,000) entered once at the centre
-   and landed on 4 boxes: rows/s per box, against a local (single-box) import of the
-   same file in the same run (target >= 0.8x);
+   (every agent stopped) and landed by boxes 0-3 each ALONE, one after the other (the
+   figure of one box per host), then by boxes 4-7 AT ONCE (they share this machine's
+   cores): rows/s per box, as a ratio to a local (single-box) import of the same file
+   in the same run (target >= 0.8x);
 3. audit shipping: --calls-per-second (default 5,000) attempts a second written to the
-   boxes' audit.db for --seconds, lag from the write to the row at the centre: p50/p99;
-4. the per-call lookup cost (Store.lookup + decide) on a replica against a single box
-   with the same data (target <= 1.05x).
+   boxes' audit.db for --seconds, lag from the write to the row at the centre: p50/p99,
+   and the p99 of the first and last thirds of the run (a lag that grows shows there);
+4. the per-call check cost (Store.lookup + decide) on a replica against a single box
+   with a copy of its rows: --rounds rounds of --lookups calls each, interleaved in one
+   process (order swapped every round): median and best of each, median of the ratios.
 
-Usage: python bench/fleet.py [--numbers 10000000] [--boxes 8] [--optouts 40]
+The load average (1, 5, 15 min) is printed with every figure: the machine may be shared.
+Usage: python bench/fleet.py [--numbers 10000000] [--boxes 8] [--optouts 40] [--parts 1234]
 Needs PostgreSQL's server (initdb) and psycopg; as root the cluster runs as postgres.
 """
 from __future__ import annotations
@@ -119,34 +124,67 @@ def optout_propagation(boxes, optouts: int):
     return samples
 
 
-def consultation(tmp, boxes, n, cluster):
+def load() -> str:
+    return "load " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def wait_landed(b, head: int, timeout: float = 3600) -> float:
+    """Seconds until box ``b`` has applied past ``head`` with no consultation pending."""
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout:
+        st = b.replica()
+        if st["last_seq"] > head and st["pending_batches"] == 0:
+            return time.perf_counter() - t
+        if b.agent is not None and b.agent.poll() is not None:
+            raise RuntimeError(f"{b.name}: agent exited: {(b.root / 'agent.log').read_text()[-1500:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{b.name}: not landed within {timeout} s")
+
+
+def consultation(tmp, boxes, n):
+    """The consultation entered once at the centre while every agent is stopped, then landed
+    by boxes 0-3 one after the other (each box alone: the figure of one box per host) and
+    by boxes 4-7 at once (they share this machine's cores); each against the local import
+    of the same file on a single box, in the same run."""
     from rpo_guard.sync import import_consultation
     path = consult_file(tmp, n)
     day = datetime.now(ROME).date() - timedelta(days=1)
+    for b in boxes:
+        b.stop()
     single = Box(tmp / "single", "single", "")
+    print(f"   local import ({load()})", flush=True)
     t = time.perf_counter()
     import_consultation(single.cfg, path, day)
     local_s = time.perf_counter() - t
-    landing = boxes[:4]
-    for b in boxes[4:]:
-        b.stop()  # four boxes land it; the others are offline meanwhile
-    heads = {b.name: b.replica()["last_seq"] for b in landing}
-    t = time.perf_counter()
-    res = import_consultation(landing[0].cfg, path, day)
-    central_s = time.perf_counter() - t
-    committed = time.perf_counter()
-    done = {}
-    while len(done) < len(landing):
-        for b in landing:
-            if b.name not in done:
-                st = b.replica()
-                if st["last_seq"] > heads[b.name] and st["pending_batches"] == 0:
-                    done[b.name] = time.perf_counter() - committed
-        time.sleep(0.05)
-    for b in boxes[4:]:
-        b.start()
+    print(f"   local import: {local_s:.1f} s ({load()})", flush=True)
     shutil.rmtree(single.root, ignore_errors=True)
-    return res.rows, local_s, central_s, done
+    heads = {b.name: b.replica()["last_seq"] for b in boxes}
+    print(f"   central import ({load()})", flush=True)
+    t = time.perf_counter()
+    res = import_consultation(boxes[0].cfg, path, day)
+    central_s = time.perf_counter() - t
+    print(f"   central import: {central_s:.1f} s ({load()})", flush=True)
+    alone, at_once = {}, {}
+    for b in boxes[:4]:
+        print(f"   {b.name} landing alone ({load()})", flush=True)
+        b.start()
+        alone[b.name] = (wait_landed(b, heads[b.name]), load())
+        b.stop()
+        print(f"   {b.name} landed it alone in {alone[b.name][0]:.1f} s ({alone[b.name][1]})", flush=True)
+    group = boxes[4:8]
+    print(f"   {', '.join(b.name for b in group)} landing at once ({load()})", flush=True)
+    t = time.perf_counter()
+    for b in group:
+        b.start()
+    for b in group:
+        wait_landed(b, heads[b.name])
+        at_once[b.name] = (time.perf_counter() - t, load())
+        print(f"   {b.name} landed it at once with the others in {at_once[b.name][0]:.1f} s ({at_once[b.name][1]})",
+              flush=True)
+    for b in boxes:
+        if b.agent is None or b.agent.poll() is not None:
+            b.start()
+    return res.rows, local_s, central_s, alone, at_once
 
 
 def audit_shipping(boxes, rate: int, seconds: float, central: str):
@@ -182,10 +220,13 @@ def audit_shipping(boxes, rate: int, seconds: float, central: str):
         t.start()
     seen: dict[str, list] = {b.name: [] for b in boxes}  # (max id at the centre, time seen)
     pg = psycopg.connect(central, autocommit=True)
+    # one index probe per box (a GROUP BY over box_attempts would scan it all, slower as it grows)
+    tops = "SELECT b.box, (SELECT max(id) FROM box_attempts a WHERE a.box = b.box) FROM unnest(%s::text[]) b(box)"
+    names = [b.name for b in boxes]
     t_end = time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         now = time.perf_counter()
-        for box, top in pg.execute("SELECT box, max(id) FROM box_attempts GROUP BY box"):
+        for box, top in pg.execute(tops, (names,)):
             seen[box].append((top, now))
         time.sleep(0.02)
     stop.set()
@@ -195,7 +236,7 @@ def audit_shipping(boxes, rate: int, seconds: float, central: str):
     totals = {b.name: written[b.name][-1][0] if written[b.name] else 0 for b in boxes}
     while time.perf_counter() < deadline:
         now = time.perf_counter()
-        rows = dict(pg.execute("SELECT box, max(id) FROM box_attempts GROUP BY box").fetchall())
+        rows = {k: v or 0 for k, v in pg.execute(tops, (names,)).fetchall()}
         for box, top in rows.items():
             seen[box].append((top, now))
         if all(rows.get(b, 0) >= totals[b] for b in totals):
@@ -210,12 +251,13 @@ def audit_shipping(boxes, rate: int, seconds: float, central: str):
             while j < len(obs) and (obs[j][0] or 0) < last_id:
                 j += 1
             if j < len(obs):
-                lags.extend([obs[j][1] - at] * count)
+                lags.extend([(at, obs[j][1] - at)] * count)
             rows_written += count
-    return rows_written, lags
+    lags.sort()  # in the order written, so that the first and last thirds of the run can be compared
+    return rows_written, [lag for _, lag in lags]
 
 
-def lookup_cost(boxes, tmp, calls: int):
+def lookup_cost(boxes, tmp, calls: int, n_rounds: int):
     """Per-call Store.lookup + decide on a replica vs a single box with the same rows."""
     import sqlite3
     from rpo_guard.guard import check_call
@@ -234,22 +276,31 @@ def lookup_cost(boxes, tmp, calls: int):
     scfg = replica.cfg._replace(data_dir=str(single), central="")
     numbers = [f"+39{number(i)}" if not number(i).startswith("0") else f"+39{number(i)}" for i in range(2000)]
 
-    def run(cfg, path):
-        store = Store(path, 5000)
-        for n in numbers[:200]:
-            check_call(cfg, store, n)
-        t = time.perf_counter()
-        for k in range(calls):
-            check_call(cfg, store, numbers[k % len(numbers)])
-        dt = time.perf_counter() - t
-        store.close()
-        return dt / calls
+    replica_store, single_store = Store(replica.cfg.register_db, 5000), Store(str(single / "rpo.db"), 5000)
+    for n in numbers[:500]:
+        check_call(replica.cfg, replica_store, n)
+        check_call(scfg, single_store, n)
 
+    def run(cfg, store, start):
+        t = time.perf_counter()
+        for k in range(start, start + calls):
+            check_call(cfg, store, numbers[k % len(numbers)])
+        return (time.perf_counter() - t) / calls
+
+    # Interleaved in one process, the order swapped every round (ABBA), both on the same
+    # numbers: a burst of load hits both sides of a round alike.
     rounds = []
-    for _ in range(5):
-        r = run(replica.cfg, replica.cfg.register_db)
-        s = run(scfg, str(single / "rpo.db"))
-        rounds.append((r, s))
+    for i in range(n_rounds):
+        start = (i * calls) % len(numbers)
+        if i % 2:
+            s_ = run(scfg, single_store, start)
+            r = run(replica.cfg, replica_store, start)
+        else:
+            r = run(replica.cfg, replica_store, start)
+            s_ = run(scfg, single_store, start)
+        rounds.append((r, s_))
+    replica_store.close()
+    single_store.close()
     return rounds
 
 
@@ -260,8 +311,11 @@ def main():
     ap.add_argument("--optouts", type=int, default=40)
     ap.add_argument("--calls-per-second", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--lookups", type=int, default=20000)
+    ap.add_argument("--lookups", type=int, default=2000, help="calls per side per round")
+    ap.add_argument("--rounds", type=int, default=60, help="interleaved rounds of the lookup cost")
+    ap.add_argument("--parts", default="1234", help="which measures to run (digits 1-4)")
     args = ap.parse_args()
+    parts = set(args.parts)
     bindir = find_bindir()
     if bindir is None:
         sys.exit("no PostgreSQL server (initdb) found: apt-get install postgresql")
@@ -287,30 +341,43 @@ def main():
                 print(b.name, b.replica(), (b.root / "agent.log").read_text()[-1500:])
             raise
         print(f"fleet bench: {args.boxes} boxes, PostgreSQL {bindir}, {os.cpu_count()} CPUs, "
-              f"load {os.getloadavg()[0]:.1f}")
+              f"{load()}", flush=True)
 
-        samples = optout_propagation(boxes, args.optouts)
-        print(f"1. opt-out on box0 -> first refused call on each of {len(boxes) - 1} other boxes: "
-              f"{len(samples)} samples, p50 {pct(samples, 50) * 1000:.0f} ms, p99 {pct(samples, 99) * 1000:.0f} ms, "
-              f"max {max(samples) * 1000:.0f} ms (target p99 <= 1000 ms)")
+        if "1" in parts:
+            samples = optout_propagation(boxes, args.optouts)
+            print(f"1. opt-out on box0 -> first refused call on each of {len(boxes) - 1} other boxes: "
+                  f"{len(samples)} samples, p50 {pct(samples, 50) * 1000:.0f} ms, p99 {pct(samples, 99) * 1000:.0f} ms, "
+                  f"max {max(samples) * 1000:.0f} ms (target p99 <= 1000 ms; {load()})", flush=True)
 
-        rows, local_s, central_s, done = consultation(tmp, boxes, args.numbers, cluster)
-        local_rate = rows / local_s
-        print(f"2. consultation of {rows:,} numbers: local import {local_rate:,.0f} rows/s ({local_s:.1f} s); "
-              f"central import {rows / central_s:,.0f} rows/s ({central_s:.1f} s)")
-        for name, s in sorted(done.items()):
-            print(f"   {name} landed it in {s:.1f} s: {rows / s:,.0f} rows/s = {rows / s / local_rate:.2f}x local "
-                  "(target >= 0.8x)")
+        if "3" in parts:
+            written, lags = audit_shipping(boxes, args.calls_per_second, args.seconds, central)
+            third = max(1, len(lags) // 3)
+            print(f"3. audit shipping: {written:,} rows in {args.seconds:.0f} s ({written / args.seconds:,.0f}/s over "
+                  f"{len(boxes)} boxes): lag p50 {pct(lags, 50) * 1000:.0f} ms, p99 {pct(lags, 99) * 1000:.0f} ms, "
+                  f"max {max(lags) * 1000:.0f} ms; p99 of the first third {pct(lags[:third], 99) * 1000:.0f} ms, "
+                  f"of the last third {pct(lags[-third:], 99) * 1000:.0f} ms ({load()})", flush=True)
 
-        written, lags = audit_shipping(boxes, args.calls_per_second, args.seconds, central)
-        print(f"3. audit shipping: {written:,} rows in {args.seconds:.0f} s ({written / args.seconds:,.0f}/s over "
-              f"{len(boxes)} boxes): lag p50 {pct(lags, 50) * 1000:.0f} ms, p99 {pct(lags, 99) * 1000:.0f} ms")
+        if "2" in parts:
+            rows, local_s, central_s, alone, at_once = consultation(tmp, boxes, args.numbers)
+            local_rate = rows / local_s
+            print(f"2. consultation of {rows:,} numbers: local import {local_rate:,.0f} rows/s ({local_s:.1f} s); "
+                  f"central import {rows / central_s:,.0f} rows/s ({central_s:.1f} s)")
+            for label, done in (("alone (one box landing, the others stopped)", alone),
+                                ("at once (4 boxes landing together on this machine)", at_once)):
+                print(f"   {label}:")
+                for name, (sec, ld) in sorted(done.items()):
+                    print(f"     {name} landed it in {sec:.1f} s: {rows / sec:,.0f} rows/s = "
+                          f"{rows / sec / local_rate:.2f}x local (target >= 0.8x; {ld})", flush=True)
 
-        rounds = lookup_cost(boxes, tmp, args.lookups)
-        ratios = [r / s for r, s in rounds]
-        best_r, best_s = min(r for r, _ in rounds), min(s for _, s in rounds)
-        print(f"4. per-call check on a replica {best_r * 1e6:.1f} us vs single box {best_s * 1e6:.1f} us (best of 5): "
-              f"{best_r / best_s:.3f}x; per round {', '.join(f'{x:.3f}' for x in ratios)} (target <= 1.05x)")
+        if "4" in parts:
+            rounds = lookup_cost(boxes, tmp, args.lookups, args.rounds)
+            ratios = sorted(r / s for r, s in rounds)
+            best_r, best_s = min(r for r, _ in rounds), min(s for _, s in rounds)
+            med_r, med_s = pct([r for r, _ in rounds], 50), pct([s for _, s in rounds], 50)
+            print(f"4. per-call check, {len(rounds)} interleaved rounds of {args.lookups:,} calls: replica "
+                  f"median {med_r * 1e6:.1f} us, best {best_r * 1e6:.1f} us; single box median {med_s * 1e6:.1f} us, "
+                  f"best {best_s * 1e6:.1f} us: median ratio {pct(ratios, 50):.3f}x, best/best {best_r / best_s:.3f}x, "
+                  f"ratios p10-p90 {pct(ratios, 10):.3f}-{pct(ratios, 90):.3f} (target <= 1.05x; {load()})", flush=True)
     finally:
         for b in boxes:
             try:
