@@ -9,10 +9,10 @@ NOTIFY, new local work or ``[fleet] heartbeat_seconds``. A wake for new audit ro
 alone ships them and nothing else: catching up and reporting are for a NOTIFY and for
 the heartbeat (counted from the last catch-up, so that a steady stream of audit rows
 never delays the replica's confirmation), which keeps a busy box from committing to
-rpo.db and the centre several times a second for nothing. Any trouble with the centre: note it in
-rpo.db, wait a little, reconnect and carry on from the last sequence applied. While the
-centre is away the replica is not confirmed, and calls are refused once it is older
-than ``[fleet] max_staleness_seconds`` (rpo_guard.rules.decision, ``replica_stale``).
+rpo.db and the centre several times a second for nothing. Any trouble with the centre:
+note it in rpo.db, wait a little, reconnect and carry on from the last sequence applied.
+While the centre is away the replica is not confirmed, and calls are refused once it is
+older than ``[fleet] max_staleness_seconds`` (rpo_guard.rules.decision, ``replica_stale``).
 """
 from __future__ import annotations
 
