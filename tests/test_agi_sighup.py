@@ -46,4 +46,13 @@ def test_sighup_at_several_moments_after_launch(data, delay_ms):
     assert s.exit_code == 0, (delay_ms, s.exit_code, s.stderr)
     rows = data.audit_rows()
     assert len(rows) == 1 and rows[0]["dialed"] == FREE
-    assert s.agistatus == "HANGUP"  # the harness saw the caller gone; the attempt is recorded all the same
+    if delay_ms <= 20:  # Python alone needs longer than that to start: the AGI is always still running
+        assert s.sighup_sent
+    # the harness saw the caller gone (the attempt is recorded all the same); when the check was
+    # over before the hangup came (a process AGI takes some 60-130 ms in all), no SIGHUP was sent
+    # and the channel ends as the moment of the hangup says (it may still fall before the harness
+    # noticed the end)
+    if s.sighup_sent:
+        assert s.agistatus == "HANGUP", (delay_ms, s.transcript)
+    else:
+        assert s.agistatus in ("SUCCESS", "HANGUP"), (delay_ms, s.transcript)
