@@ -1,7 +1,8 @@
 """FastAGI cost of the attempt cap: `rpo-guard serve` with the cap off and on, same run, interleaved.
 
     python bench/brand_policies.py [--numbers 1000000] [--audit-rows 1000000] [--seconds 1] [--rounds 3]
-                                   [--concurrency 1,16] [--rates ''] [--max-attempts 1000] [--brand-cap] [--control]
+                                   [--concurrency 1,16] [--rates ''] [--max-attempts 1000] [--brand-cap]
+                                   [--same-numbers] [--control]
 
 The machinery of bench/fastagi_load.py (register and audit log built once and
 cached in --data-dir, the load generator that speaks FastAGI as Asterisk does,
@@ -12,8 +13,12 @@ the shipped defaults (no cap), one with ``[attempts] max_attempts =
 counts per call). Each round measures one then the other (the order turns from
 round to round), so a noisy moment on the shared machine hits both. The calls
 are random numbers of the register (80 % allowed: 80 % of the calls count their
-attempts in the audit log, which starts with --audit-rows rows); the generator
-draws the same numbers in every round, so a number gets a few rows. The default
+attempts in the audit log, which starts with --audit-rows rows). Every round
+draws other numbers (the servers the same ones within a round), so a number has
+the few rows a number has in use; with --same-numbers every round calls the
+same ones, and after 25 rounds each of them has some 25 allowed attempts to
+count, more than a number under a real cap can have (an earlier form of this
+bench). The default
 cap is never reached, so both servers take the same decisions and the
 difference is the cost of counting. Prints the CPU per call and the latencies
 of each, and the ratio cap on / cap off (target <= 1.1), as a ratio of the
@@ -47,6 +52,8 @@ def main() -> None:
     ap.add_argument("--rates", default="", help="open-loop points, calls/s")
     ap.add_argument("--max-attempts", type=int, default=1000, help="the cap (default: never reached)")
     ap.add_argument("--brand-cap", action="store_true", help="the cap-on server also has a brand cap (two counts)")
+    ap.add_argument("--same-numbers", action="store_true",
+                    help="every round calls the same numbers (each then gains a row per round and server)")
     ap.add_argument("--control", action="store_true",
                     help="a third server, cap off too, measured in the same rounds: off/off shows the noise")
     ap.add_argument("--data-dir", type=Path, default=None)
@@ -94,7 +101,8 @@ def main() -> None:
             for r in range(args.rounds):  # the order turns each round: no server is always measured first
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     proc, port = servers[name]
-                    runs[name].append(fl.measure(proc, port, c, args.seconds, args.numbers, data / "rpo.db", rate))
+                    runs[name].append(fl.measure(proc, port, c, args.seconds, args.numbers, data / "rpo.db", rate,
+                                                 seed=None if args.same_numbers else 1000 * r + c))
             off, on = fl.median_of(runs["cap off"]), fl.median_of(runs["cap on"])
             n_off, n_on = (sum(r["n"] for r in runs[k]) for k in ("cap off", "cap on"))
             label = f"conc {c}" if not rate else f"@{rate:g}/s"

@@ -203,8 +203,8 @@ async def one_call(port: int, number: str, i: int) -> float:
     return time.perf_counter() - t0
 
 
-async def load(port: int, concurrency: int, seconds: float, numbers: int):
-    rng = random.Random(concurrency)
+async def load(port: int, concurrency: int, seconds: float, numbers: int, seed: int | None = None):
+    rng = random.Random(concurrency if seed is None else seed)
     lat: list[float] = []
     errors = 0
     end = time.perf_counter() + seconds
@@ -263,12 +263,12 @@ class _Ticker:
         os.close(self.fd)
 
 
-async def load_at_rate(port: int, rate: float, seconds: float, numbers: int):
+async def load_at_rate(port: int, rate: float, seconds: float, numbers: int, seed: int | None = None):
     """Open loop: call i starts at t0 + i/rate whatever the server does; a
     timerfd tick (every 1/rate s, at most every 200 µs) starts the calls whose
     time has come."""
     loop = asyncio.get_running_loop()
-    rng = random.Random(int(rate))
+    rng = random.Random(int(rate) if seed is None else seed)
     lat: list[float] = []
     errors = 0
     pending = set()
@@ -335,14 +335,16 @@ def warm(path: Path) -> None:
 
 
 def measure(proc, port: int, concurrency: int, seconds: float, numbers: int, register: Path | None = None,
-            rate: float = 0) -> dict:
-    """One point: ``concurrency`` calls in a closed loop, or (``rate``) an open loop."""
+            rate: float = 0, seed: int | None = None) -> dict:
+    """One point: ``concurrency`` calls in a closed loop, or (``rate``) an open loop. The numbers
+    are drawn by a generator seeded with ``seed`` (default: the point's concurrency or rate,
+    so that every measure of a point calls the same numbers)."""
     if register is not None:
         warm(register)
-    run_generator(load(port, min(concurrency, 4), 0.3, numbers))  # warm-up
+    run_generator(load(port, min(concurrency, 4), 0.3, numbers, None if seed is None else -1 - seed))  # warm-up
     cpu0, gen0 = cpu_seconds(proc.pid), time.process_time()
-    n, lat, errors, wall = run_generator(load_at_rate(port, rate, seconds, numbers) if rate
-                                         else load(port, concurrency, seconds, numbers))
+    n, lat, errors, wall = run_generator(load_at_rate(port, rate, seconds, numbers, seed) if rate
+                                         else load(port, concurrency, seconds, numbers, seed))
     cpu, gen = cpu_seconds(proc.pid) - cpu0, time.process_time() - gen0
     if len(lat) < 2:
         raise SystemExit(f"no answered calls at concurrency {concurrency} ({errors} errors): "
