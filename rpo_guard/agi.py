@@ -232,6 +232,10 @@ def main() -> None:
             log_failure(f"AGI crashed: {type(exc).__name__}: {exc}")
         finally:
             code = 1
+    # Python's shutdown puts back the default action of every signal it handled, and the
+    # default for SIGHUP is to die: a hangup in the last milliseconds would turn an
+    # answered, recorded call's exit status into "killed by SIGHUP". Ignored from here on.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sys.exit(code)
 
 
